@@ -1,0 +1,1 @@
+"""Interpretation: feature statistics, concept alignment, auto-interp, steering, knowledge maps."""

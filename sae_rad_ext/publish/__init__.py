@@ -1,0 +1,1 @@
+"""Publishing: SAELens releases, Neuronpedia files, HTML dashboards."""
