@@ -1,6 +1,25 @@
 """Model adapters: MAIRA-2 on transformers 5, generic LLaVA, the tiny model, hooks, prompts, roles."""
 
+from sae_rad_ext.adapters.maira2 import (
+    ImageGeometry,
+    Maira2Config,
+    Maira2ForConditionalGeneration,
+    Maira2Model,
+    image_geometry,
+)
 from sae_rad_ext.adapters.roles import PRESETS, ImageSlot, Role, Selection, TokenRoles
+from sae_rad_ext.adapters.tiny import full_size_maira2_config, tiny_llava, tiny_maira2, tiny_maira2_config
 from sae_rad_ext.adapters.tokenizer import build_tiny_tokenizer
 
-__all__ = ["PRESETS", "ImageSlot", "Role", "Selection", "TokenRoles", "build_tiny_tokenizer"]
+__all__ = [
+    "PRESETS", "ImageSlot", "Role", "Selection", "TokenRoles", "build_tiny_tokenizer",
+    "ImageGeometry",
+    "Maira2Config",
+    "Maira2ForConditionalGeneration",
+    "Maira2Model",
+    "image_geometry",
+    "full_size_maira2_config",
+    "tiny_llava",
+    "tiny_maira2",
+    "tiny_maira2_config",
+]
