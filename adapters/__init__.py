@@ -7,6 +7,8 @@ from sae_rad_ext.adapters.maira2 import (
     Maira2Model,
     image_geometry,
 )
+from sae_rad_ext.adapters.preprocessing import preprocess_image
+from sae_rad_ext.adapters.prompts import Maira2Batch, Maira2Processor
 from sae_rad_ext.adapters.roles import PRESETS, ImageSlot, Role, Selection, TokenRoles
 from sae_rad_ext.adapters.tiny import full_size_maira2_config, tiny_llava, tiny_maira2, tiny_maira2_config
 from sae_rad_ext.adapters.tokenizer import build_tiny_tokenizer
@@ -22,4 +24,7 @@ __all__ = [
     "tiny_llava",
     "tiny_maira2",
     "tiny_maira2_config",
+    "Maira2Batch",
+    "Maira2Processor",
+    "preprocess_image",
 ]

@@ -31,6 +31,7 @@ class Role(IntEnum):
     COMPARISON = 6
     PRIOR_REPORT = 7
     REPORT = 8  # report text: teacher-forced target or generated
+    PHRASE = 9  # the finding to ground in a phrase-grounding prompt ("Finding: <phrase>")
 
 
 class ImageSlot(IntEnum):
@@ -42,7 +43,9 @@ class ImageSlot(IntEnum):
     PRIOR = 2  # prior frontal
 
 
-PROMPT_ROLES = (Role.INSTRUCTION, Role.INDICATION, Role.TECHNIQUE, Role.COMPARISON, Role.PRIOR_REPORT)
+PROMPT_ROLES = (
+    Role.INSTRUCTION, Role.INDICATION, Role.TECHNIQUE, Role.COMPARISON, Role.PRIOR_REPORT, Role.PHRASE,
+)
 TEXT_ROLES = (*PROMPT_ROLES, Role.REPORT)
 SECTION_NAMES = {
     "instruction": Role.INSTRUCTION,
@@ -51,6 +54,7 @@ SECTION_NAMES = {
     "comparison": Role.COMPARISON,
     "prior_report": Role.PRIOR_REPORT,
     "report": Role.REPORT,
+    "phrase": Role.PHRASE,
 }
 SLOT_NAMES = {"frontal": ImageSlot.FRONTAL, "lateral": ImageSlot.LATERAL, "prior": ImageSlot.PRIOR}
 
