@@ -1,0 +1,194 @@
+"""All Matryoshka prefix reconstructions (and their losses) from one sparse pass.
+
+Groups are given by cumulative ends: group ``g`` owns latents ``[group_ends[g-1], group_ends[g])``
+(``group_ends[-1] == d_sae``). Level ``g`` reconstructs with groups ``0..g`` only:
+``x̂_{≤g} = b_dec + Σ_{latents < group_ends[g]} a · W_dec``.
+
+Cost: one gather-sum over the ``N·k`` active latents into ``G·N`` per-(row, group) partial sums
+(O(N·k·d_in)), then a cumulative sum over groups (O(G·N·d_in)) — not ``G`` dense decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._checks import check_decoder, check_float, check_index, check_offsets, group_ends_list, resolve_backend
+from ._dispatch import ops
+from ._grad_buffer import weight_grad_buffer
+from .decode import _SparseDecodeCSR
+
+
+def _flatten(indices, values, offsets, d_sae):
+    """Validate either ``[N, k]`` codes or flat CSR codes; return flat idx, val, row offsets, N."""
+    if offsets is None:
+        check_float("values", values, 2)
+        check_index("indices", indices, 2, d_sae)
+        if indices.shape != values.shape:
+            raise ValueError(f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must match")
+        N, k = indices.shape
+        offsets = torch.arange(0, N * k + 1, max(k, 1), device=indices.device) if k else indices.new_zeros(N + 1)
+        return indices.reshape(-1).to(torch.long), values.reshape(-1), offsets, N
+    check_float("values", values, 1)
+    check_index("indices", indices, 1, d_sae)
+    if indices.shape != values.shape:
+        raise ValueError(f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must match")
+    N = check_offsets(offsets, indices.numel())
+    return indices.to(torch.long), values, offsets.to(torch.long), N
+
+
+def _regroup(idx, offsets, N, ends, group_major: bool):
+    """Sort entries into bags (row, group) — or (group, row) if ``group_major`` — and return
+    ``(perm, bag_offsets [G·N+1], row_of_bag_order)``."""
+    G = len(ends)
+    nnz = idx.numel()
+    ends_t = torch.tensor(ends, device=idx.device, dtype=torch.long)
+    grp = torch.bucketize(idx, ends_t, right=True)  # latent f is in group g iff ends[g-1] <= f < ends[g]
+    counts = offsets[1:] - offsets[:-1]
+    row = torch.repeat_interleave(torch.arange(N, device=idx.device), counts, output_size=nnz)
+    key = grp * N + row if group_major else row * G + grp
+    key_sorted, perm = torch.sort(key, stable=True)
+    bag_counts = torch.bincount(key_sorted, minlength=G * N)
+    bag_off = torch.zeros(G * N + 1, dtype=torch.long, device=idx.device)
+    torch.cumsum(bag_counts, 0, out=bag_off[1:])
+    return perm, bag_off
+
+
+def matryoshka_decode(
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    W_dec: torch.Tensor,
+    group_ends: Sequence[int] | torch.Tensor,
+    b_dec: torch.Tensor | None = None,
+    *,
+    offsets: torch.Tensor | None = None,
+    backend: str | None = None,
+    reuse_grad_buffer: bool = False,
+) -> torch.Tensor:
+    """Every prefix reconstruction ``[G, N, d_in]`` in one pass: ``out[g] = x̂_{≤g}`` (incl. ``b_dec``).
+
+    Args:
+        indices, values: ``[N, k]`` top-k codes, or flat ``[nnz]`` codes with ``offsets`` ``[N+1]``.
+        W_dec: ``[d_sae, d_in]``; b_dec: optional ``[d_in]``.
+        group_ends: cumulative group ends, strictly increasing, last ``== d_sae``.
+        backend, reuse_grad_buffer: as in :func:`sparse_decode`.
+
+    ``out[-1]`` equals :func:`sparse_decode`. Differentiable w.r.t. ``values``, ``W_dec``, ``b_dec``.
+    """
+    d_sae, d_in = check_decoder(W_dec, b_dec)
+    ends = group_ends_list(group_ends, d_sae)
+    idx, val, off, N = _flatten(indices, values, offsets, d_sae)
+    backend = resolve_backend(backend, W_dec, idx, val, *([b_dec] if b_dec is not None else []))
+    G = len(ends)
+    perm, bag_off = _regroup(idx, off, N, ends, group_major=False)
+    partial = _SparseDecodeCSR.apply(
+        idx.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), bag_off,
+        W_dec.contiguous(), None, None, backend, reuse_grad_buffer,
+    )  # [N*G, d]
+    out = partial.view(N, G, d_in).transpose(0, 1).cumsum(0)
+    if b_dec is not None:
+        out = out + b_dec.to(out.dtype)
+    return out.contiguous()
+
+
+class _MatryoshkaLosses(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, idx_s, val_s, bag_off, W, b, coef, N, G, backend, reuse):
+        prim = ops(backend)
+        r = x.float() - (b.float() if b is not None else 0.0)
+        losses = torch.empty(G, dtype=torch.float32, device=x.device)
+        starts = bag_off[torch.arange(G, device=x.device) * N].tolist() + [idx_s.numel()]
+        for g in range(G):
+            s0, s1 = starts[g], starts[g + 1]
+            p = prim.decode_csr(idx_s[s0:s1], val_s[s0:s1], bag_off[g * N:(g + 1) * N + 1] - s0, W)
+            r.sub_(p.float())
+            losses[g] = r.square().sum() / max(N, 1)
+        ctx.save_for_backward(idx_s, val_s, bag_off, r, coef)
+        ctx.W = W
+        ctx.meta = (N, G, backend, reuse, starts, x.dtype, val_s.dtype, b.dtype if b is not None else None)
+        return losses * coef
+
+    @staticmethod
+    def backward(ctx, gL):
+        idx_s, val_s, bag_off, r, coef = ctx.saved_tensors
+        W = ctx.W
+        N, G, backend, reuse, starts, x_dtype, v_dtype, b_dtype = ctx.meta
+        prim = ops(backend)
+        c = (gL.float() * coef * (2.0 / max(N, 1))).tolist()
+        r = r.clone()
+        a = torch.zeros_like(r)
+        g_val = torch.zeros(idx_s.numel(), dtype=W.dtype, device=W.device) if ctx.needs_input_grad[2] else None
+        buf = weight_grad_buffer(W, W.dtype, reuse) if ctx.needs_input_grad[4] else None
+        if buf is not None:
+            buf.begin()
+        for g in range(G - 1, -1, -1):
+            s0, s1 = starts[g], starts[g + 1]
+            a.add_(r, alpha=c[g])
+            off_g = bag_off[g * N:(g + 1) * N + 1] - s0
+            idx_g, val_g = idx_s[s0:s1], val_s[s0:s1]
+            need_p = g > 0
+            if s1 > s0 and (g_val is not None or buf is not None or need_p):
+                row_g = prim.row_ids_from_offsets(off_g, s1 - s0)
+                Gr = (-a).to(W.dtype)
+                if g_val is not None:
+                    g_val[s0:s1] = prim.grad_values(idx_g, row_g, off_g, W, Gr)
+                if buf is not None:
+                    buf.write(prim, idx_g, val_g, row_g, Gr)
+                if need_p:
+                    r.add_(prim.decode_csr(idx_g, val_g, off_g, W).float())
+        g_x = a.to(x_dtype) if ctx.needs_input_grad[0] else None
+        g_b = (-a.sum(0)).to(b_dtype) if (b_dtype is not None and ctx.needs_input_grad[5]) else None
+        g_W = buf.finish() if buf is not None else None
+        g_v = g_val.to(v_dtype) if g_val is not None else None
+        return g_x, None, g_v, None, g_W, g_b, None, None, None, None, None
+
+
+def matryoshka_losses(
+    x: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    W_dec: torch.Tensor,
+    group_ends: Sequence[int] | torch.Tensor,
+    b_dec: torch.Tensor | None = None,
+    *,
+    weights: Sequence[float] | torch.Tensor | None = None,
+    offsets: torch.Tensor | None = None,
+    backend: str | None = None,
+    reuse_grad_buffer: bool = False,
+) -> torch.Tensor:
+    """Per-level reconstruction losses ``[G]`` (fp32), without materialising ``[G, N, d_in]``.
+
+    ``loss[g] = weights[g] · (1/N) · Σ_n Σ_d (x[n, d] − x̂_{≤g}[n, d])²`` — the squared error is
+    **summed over ``d_in``** and **averaged over the ``N`` rows** (``weights`` default 1). This is
+    exactly SAELens's ``(mse_loss(x̂, x, reduction="none").sum(dim=-1).mean())`` used for every level
+    of ``matryoshka_batchtopk`` (its total = ``losses.sum()`` with unit weights, the outer level being
+    its ``mse_loss``), and dictionary_learning's ``(x − x̂).pow(2).sum(-1).mean()`` per level (its
+    Matryoshka total = ``Σ_g w_g · loss_g``).
+
+    Args:
+        x: ``[N, d_in]`` targets. indices/values/offsets: codes as in :func:`matryoshka_decode`.
+        weights: optional ``[G]`` per-level weights folded into the returned losses.
+
+    Memory: O(N·d_in) (a running residual); the backward recomputes each group's partial decode
+    once instead of storing ``[G, N, d_in]``. Differentiable w.r.t. ``x``, ``values``, ``W_dec``, ``b_dec``.
+    """
+    d_sae, d_in = check_decoder(W_dec, b_dec)
+    check_float("x", x, 2)
+    ends = group_ends_list(group_ends, d_sae)
+    idx, val, off, N = _flatten(indices, values, offsets, d_sae)
+    if x.shape != (N, d_in):
+        raise ValueError(f"x must have shape [{N}, {d_in}], got {tuple(x.shape)}")
+    backend = resolve_backend(backend, W_dec, x, idx, val, *([b_dec] if b_dec is not None else []))
+    G = len(ends)
+    if weights is None:
+        coef = torch.ones(G, dtype=torch.float32, device=x.device)
+    else:
+        coef = torch.as_tensor(weights, dtype=torch.float32, device=x.device).reshape(-1)
+        if coef.numel() != G:
+            raise ValueError(f"weights must have {G} entries (one per group), got {coef.numel()}")
+    perm, bag_off = _regroup(idx, off, N, ends, group_major=True)
+    return _MatryoshkaLosses.apply(
+        x, idx.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), bag_off,
+        W_dec.contiguous(), b_dec, coef, N, G, backend, reuse_grad_buffer,
+    )
