@@ -1,5 +1,7 @@
 """Model adapters: MAIRA-2 on transformers 5, generic LLaVA, the tiny model, hooks, prompts, roles."""
 
+from sae_rad_ext.adapters.hooked import BLOCK_HOOKS, HookedMaira2, HookedMaira2Config
+from sae_rad_ext.adapters.loading import LoadedMaira2, load_maira2, save_maira2_original
 from sae_rad_ext.adapters.maira2 import (
     ImageGeometry,
     Maira2Config,
@@ -27,4 +29,10 @@ __all__ = [
     "Maira2Batch",
     "Maira2Processor",
     "preprocess_image",
+    "BLOCK_HOOKS",
+    "HookedMaira2",
+    "HookedMaira2Config",
+    "LoadedMaira2",
+    "load_maira2",
+    "save_maira2_original",
 ]
