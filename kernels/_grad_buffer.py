@@ -9,7 +9,8 @@ Contract for ``reuse=True`` (what a training loop does anyway): the returned gra
 to autograd, which installs it as ``W_dec.grad`` (no copy); drop it before the next backward
 (``optimizer.zero_grad(set_to_none=True)``, the default) and do not write non-zeros into its untouched
 rows. If ``W_dec.grad`` still aliases the buffer at the next backward (gradient accumulation), a fresh
-zeroed buffer is used instead, so accumulation stays correct.
+zeroed buffer is used instead (and kept as the new buffer; the old one is left to ``W.grad``), so
+accumulation stays correct.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class _Buffer:
         self._t = None
         if not self.reuse:
             return t
-        if self._fresh and self.tensor is not None:
-            return t  # accumulation step: the old buffer is still W.grad; leave it alone
+        # After an accumulation step the old buffer stays W.grad (autograd adds this one into it) and is
+        # forgotten here; the fresh one becomes the buffer, with its touched rows known.
         self.tensor = t
         self.touched = torch.cat(self._uniqs) if self._uniqs else None
         return t.view_as(t)  # a new TensorImpl: autograd installs it as W.grad without cloning

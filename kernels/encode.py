@@ -126,7 +126,7 @@ def topk_encode(
             v, i = torch.topk(pre, min(k, e - s), dim=1)
             i = i + s
             if best_v is not None:
-                v, j = torch.topk(torch.cat([best_v, v], 1), k, dim=1)
+                v, j = torch.topk(torch.cat([best_v, v], 1), min(k, best_v.shape[1] + v.shape[1]), dim=1)
                 i = torch.gather(torch.cat([best_i, i], 1), 1, j)
             best_v, best_i = v, i
     offsets = torch.arange(0, N * k + 1, k, device=x.device)
