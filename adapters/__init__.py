@@ -1,5 +1,6 @@
 """Model adapters: MAIRA-2 on transformers 5, generic LLaVA, the tiny model, hooks, prompts, roles."""
 
+from sae_rad_ext.adapters.grounding import GroundedPhrase, format_grounded, parse_grounded
 from sae_rad_ext.adapters.hooked import BLOCK_HOOKS, HookedMaira2, HookedMaira2Config
 from sae_rad_ext.adapters.loading import LoadedMaira2, load_maira2, save_maira2_original
 from sae_rad_ext.adapters.maira2 import (
@@ -29,6 +30,9 @@ __all__ = [
     "Maira2Batch",
     "Maira2Processor",
     "preprocess_image",
+    "GroundedPhrase",
+    "format_grounded",
+    "parse_grounded",
     "BLOCK_HOOKS",
     "HookedMaira2",
     "HookedMaira2Config",

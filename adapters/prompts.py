@@ -218,21 +218,28 @@ class Maira2Processor:
         self._patch_rc = (r.to(torch.int16), c.to(torch.int16))
 
     @classmethod
-    def from_model_config(cls, config: Any, tokenizer: Any, **kwargs: Any) -> Maira2Processor:
-        """Geometry from a ``Maira2Config`` / ``LlavaConfig``: ``vision_config.image_size|patch_size``;
-        one extra (CLS) token per image when ``vision_feature_select_strategy == "full"``."""
-        vc = getattr(config, "vision_config", None)
-        if vc is None or not hasattr(vc, "image_size") or not hasattr(vc, "patch_size"):
+    def from_model_config(cls, config: Any, tokenizer: Any, *, check_image_token: bool = True,
+                          **kwargs: Any) -> Maira2Processor:
+        """Geometry from a ``Maira2Config`` / ``LlavaConfig`` (``vision_config.image_size|patch_size``; one
+        extra CLS position per image when ``vision_feature_select_strategy == "full"``), and a check that
+        the tokenizer's image token id is the config's ``image_token_id``."""
+        from sae_rad_ext.adapters.maira2 import image_geometry
+
+        if getattr(config, "vision_config", None) is None:
             raise ValueError(
-                f"{type(config).__name__} has no vision_config with image_size and patch_size; pass a "
-                "Maira2Config or LlavaConfig (or build Maira2Processor(tokenizer, image_size=, patch_size=))"
+                f"{type(config).__name__} has no vision_config; pass a Maira2Config or LlavaConfig (or build "
+                "Maira2Processor(tokenizer, image_size=, patch_size=) directly)"
             )
-        size, patch = int(vc.image_size), int(vc.patch_size)
-        extra = 1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else 0
-        kwargs.setdefault("tokens_per_image", (size // patch) ** 2 + extra)
-        proc = cls(tokenizer, image_size=size, patch_size=patch, **kwargs)
-        cfg_id = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
-        if cfg_id is not None and int(cfg_id) != proc.image_token_id:
+        geo = image_geometry(config)
+        if geo.image_size[0] != geo.image_size[1] or geo.patch_grid[0] != geo.patch_grid[1]:
+            raise ValueError(f"only square images are supported; the vision config says {geo.image_size}")
+        patch = geo.image_size[0] // geo.patch_grid[0]
+        kwargs.setdefault("tokens_per_image", geo.tokens_per_image)
+        proc = cls(tokenizer, image_size=geo.image_size[0], patch_size=patch, **kwargs)
+        cfg_id = getattr(config, "image_token_id", None)
+        if cfg_id is None:
+            cfg_id = getattr(config, "image_token_index", None)
+        if check_image_token and cfg_id is not None and int(cfg_id) != proc.image_token_id:
             raise ValueError(
                 f"config image_token_id={cfg_id} but the tokenizer maps {proc.image_token!r} to "
                 f"{proc.image_token_id}; the model would not find its image positions"

@@ -168,9 +168,15 @@ class TokenRoles:
 Selection = str | Callable[[TokenRoles], torch.Tensor]
 
 PRESETS: dict[str, str] = {
-    # The MAIRA-2 SAE paper's filter: report and the study-specific prompt sections, plus the image
-    # patches, without the prompt boilerplate (instruction text). See README for the exact rule.
-    "maira2_sae_paper": "image+indication+technique+comparison+prior_report+report",
+    # The MAIRA-2 SAE paper's filter (Bouzid et al. 2025, arXiv:2507.12950, Fig. 1A: "we filter out token
+    # indices corresponding to intermediate image tokens and boilerplate parts of the prompt"). Our
+    # reading: the image-token positions spliced into the middle of the prompt are dropped entirely, and
+    # so is the boilerplate (system sentence, requests, section headers); the study-specific prompt
+    # values and the report stay. The paper gives no finer rule; see README "Prompts, preprocessing and
+    # token roles".
+    "maira2_sae_paper": "indication+technique+comparison+prior_report+phrase+report",
+    # The same plus every image patch (for image-conditioned features on the image positions themselves).
+    "maira2_sae_paper_with_images": "image+indication+technique+comparison+prior_report+phrase+report",
 }
 
 

@@ -43,7 +43,8 @@ def test_role_selection():
     assert r.mask("text").tolist() == [[False, False, True, False, False, True, True]]
     assert r.mask("image:lateral").tolist() == [[False, False, False, False, True, False, False]]
     assert r.mask("report+image:frontal").tolist() == [[False, False, False, True, False, False, True]]
-    assert r.mask("maira2_sae_paper").tolist() == [[False, False, False, True, True, True, True]]
+    assert r.mask("maira2_sae_paper").tolist() == [[False, False, False, False, False, True, True]]
+    assert r.mask("maira2_sae_paper_with_images").tolist() == [[False, False, False, True, True, True, True]]
     assert r.describe(0, 4) == "<lateral r00 c00>"
     try:
         r.mask("imgae")
