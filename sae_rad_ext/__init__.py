@@ -1,10 +1,49 @@
 """sae-rad-ext: SAELens for radiology multimodal LLMs (MAIRA-2 and the LLaVA family).
 
-Importing this package registers its SAE architectures with SAELens (the only import-time side effect).
+Importing this package registers its SAE architectures with SAELens (the only import-time side effect):
+``MATRYOSHKA_ARCHITECTURE`` as both a training and an inference architecture.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from sae_rad_ext.matryoshka import (  # noqa: E402
+    MATRYOSHKA_ARCHITECTURE,
+    LevelMetrics,
+    RadMatryoshkaSAE,
+    RadMatryoshkaSAEConfig,
+)
+from sae_rad_ext.matryoshka_training import (  # noqa: E402
+    RadMatryoshkaBatchTopKTrainingSAE,
+    RadMatryoshkaBatchTopKTrainingSAEConfig,
+)
+
+
+def _register() -> None:
+    from sae_lens.registry import (
+        SAE_CLASS_REGISTRY,
+        SAE_TRAINING_CLASS_REGISTRY,
+        register_sae_class,
+        register_sae_training_class,
+    )
+
+    if MATRYOSHKA_ARCHITECTURE not in SAE_CLASS_REGISTRY:
+        register_sae_class(MATRYOSHKA_ARCHITECTURE, RadMatryoshkaSAE, RadMatryoshkaSAEConfig)
+    if MATRYOSHKA_ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
+        register_sae_training_class(
+            MATRYOSHKA_ARCHITECTURE, RadMatryoshkaBatchTopKTrainingSAE, RadMatryoshkaBatchTopKTrainingSAEConfig
+        )
+
+
+_register()
+
+__all__ = [
+    "MATRYOSHKA_ARCHITECTURE",
+    "LevelMetrics",
+    "RadMatryoshkaBatchTopKTrainingSAE",
+    "RadMatryoshkaBatchTopKTrainingSAEConfig",
+    "RadMatryoshkaSAE",
+    "RadMatryoshkaSAEConfig",
+    "__version__",
+]
