@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,6 @@ def test_real_chest_radiograph_renders(rg1):
 
 def test_real_dicom_through_processor_and_tiny_model(rg1, tmp_path):
     import torch
-
     from sae_rad_ext.adapters import HookedMaira2, Maira2Processor, Role
 
     (tmp_path / "reports.csv").write_text(f"file,findings,indication\n{rg1},Clear lungs. No effusion.,Cough\n")
@@ -201,7 +201,7 @@ def test_dicom_folder_with_sidecar(tmp_path, rg1):
 
 
 def test_manifest_with_dicom_paths(tmp_path, rg1):
-    (tmp_path / "m.jsonl").write_text(
-        '{"study_id": "rg1", "frontal": "%s", "report": "FINDINGS: Clear lungs.\\nIMPRESSION: Normal."}\n' % rg1)
+    row = {"study_id": "rg1", "frontal": str(rg1), "report": "FINDINGS: Clear lungs.\nIMPRESSION: Normal."}
+    (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
     (s,) = open_studies(tmp_path / "m.jsonl", max_side=512)
     assert s.findings == "Clear lungs." and s.impression == "Normal." and max(s.frontal.shape) == 512
