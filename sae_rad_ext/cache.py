@@ -1,0 +1,393 @@
+"""Activation cache in SAELens's cached-activations format, written in resumable shards, optionally by
+several processes under ``torchrun``.
+
+Format (a ``datasets.save_to_disk`` folder; ``datasets.load_from_disk(path)`` opens it and SAELens reads it
+with ``use_cached_activations=True, cached_activations_path=path``). Each row packs ``context_size``
+selected positions (consecutive positions of consecutive studies):
+
+=================  =======================================  =========================================
+column             feature                                  meaning
+=================  =======================================  =========================================
+``<hook_name>``    ``Array2D((context_size, d_in), dtype)``  hook activations (what SAELens trains on)
+``token_ids``      ``Sequence(int32, context_size)``         input token id of each position
+``study_id``       ``Sequence(string, context_size)``        study of each position
+``study_index``    ``Sequence(int64, context_size)``         index of the study in the source stream
+``position``       ``Sequence(int32, context_size)``         position within the study's own sequence
+``role``           ``Sequence(int8, context_size)``          :class:`~sae_rad_ext.adapters.roles.Role`
+``image_slot``     ``Sequence(int8, context_size)``          frontal 0 / lateral 1 / prior 2, text -1
+``patch_row``      ``Sequence(int16, context_size)``         patch-grid row (-1 for text)
+``patch_col``      ``Sequence(int16, context_size)``         patch-grid column (-1 for text)
+=================  =======================================  =========================================
+
+Beside the dataset files: ``sae_rad_cache.json`` (hook, model, positions, counts, per-role norms) and,
+when the selected positions do not fill the last row, ``remainder.safetensors`` (the < ``context_size``
+left-over positions, same columns) so no study's positions are lost.
+
+Resumability: studies are cut into shards of ``studies_per_shard`` consecutive studies (shard ``k`` =
+studies ``[k*S, (k+1)*S)`` of the source stream). A shard is written to ``.shards/shard_k.partial``,
+renamed to ``.shards/shard_k`` and then recorded in ``.shards/manifest-rank<r>.json`` (written to a
+temporary file and ``os.replace``-d, so it is never half-written). A rerun skips recorded shards and
+deletes unrecorded shard folders, so a kill at any moment loses nothing and duplicates nothing. Under
+``torchrun`` rank ``r`` of ``W`` writes shards ``k % W == r``; rank 0 merges once all ranks are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from datasets import Array2D, Dataset, Features, Sequence, Value
+from safetensors.torch import load_file, save_file
+
+from sae_rad_ext.activations import (
+    ActivationBatch,
+    RoleNormStats,
+    activations_from_batch,
+    batched,
+    default_processor,
+)
+from sae_rad_ext.activations import describe_positions as _describe
+from sae_rad_ext.adapters.roles import Selection
+from sae_rad_ext.data.study import Study
+
+__all__ = ["CACHE_INFO_FILENAME", "CacheResult", "cache_activations", "cache_features", "load_cache_positions", "read_cache_info"]
+
+CACHE_INFO_FILENAME = "sae_rad_cache.json"
+REMAINDER_FILENAME = "remainder.safetensors"
+FORMAT = "sae-rad-ext activation cache v1"
+KILL_ENV = "SAE_RAD_CACHE_KILL_AFTER"
+"""Testing aid: ``"<n>"`` SIGKILLs this process right after its n-th shard is recorded; ``"<n>:partial"``
+kills it while the n-th shard is half-written (before the rename)."""
+
+ROLE_COLUMNS: dict[str, str] = {
+    "token_ids": "int32",
+    "study_index": "int64",
+    "position": "int32",
+    "role": "int8",
+    "image_slot": "int8",
+    "patch_row": "int16",
+    "patch_col": "int16",
+}
+
+
+def cache_features(hook_name: str, context_size: int, d_in: int, dtype: str = "float32") -> Features:
+    """The ``datasets.Features`` of a cache (see the module docstring)."""
+    feats: dict[str, Any] = {hook_name: Array2D(shape=(context_size, d_in), dtype=dtype)}
+    for name, dt in ROLE_COLUMNS.items():
+        feats[name] = Sequence(Value(dt), length=context_size)
+    feats["study_id"] = Sequence(Value("string"), length=context_size)
+    return Features(feats)
+
+
+@dataclass
+class CacheResult:
+    """What :func:`cache_activations` did (on rank 0 after the merge; on other ranks, their own part)."""
+
+    path: Path
+    """The cache folder."""
+    n_studies: int
+    """Studies in the source stream."""
+    n_rows: int
+    """Rows in the merged dataset (0 on ranks other than 0)."""
+    n_positions: int
+    """Selected positions written (rows × context_size + remainder); rank 0 only."""
+    n_remainder: int
+    """Positions in ``remainder.safetensors`` (fewer than one row)."""
+    shards_written: int
+    """Shards this process wrote in this call (resumed shards are not counted)."""
+    role_norms: dict[str, Any]
+    """Per-role activation norm summary (:meth:`RoleNormStats.to_dict`)."""
+
+
+# ---- columns ---------------------------------------------------------------------------------
+def _batch_columns(out: ActivationBatch, first_study: int) -> dict[str, Any]:
+    return {
+        "acts": out.acts.detach().float().cpu(),
+        "token_ids": out.token_id.to(torch.int32),
+        "study_index": out.study_index.long() + first_study,
+        "position": out.position.to(torch.int32),
+        "role": out.role.to(torch.int8),
+        "image_slot": out.image_slot.to(torch.int8),
+        "patch_row": out.patch_row.to(torch.int16),
+        "patch_col": out.patch_col.to(torch.int16),
+    }
+
+
+def _cat(cols: list[dict[str, torch.Tensor]], d_in: int) -> dict[str, torch.Tensor]:
+    if not cols:
+        return {"acts": torch.zeros(0, d_in), **{k: torch.zeros(0, dtype=getattr(torch, v)) for k, v in ROLE_COLUMNS.items()}}
+    return {k: torch.cat([c[k] for c in cols]) for k in cols[0]}
+
+
+def _rows_dataset(
+    cols: dict[str, torch.Tensor], study_ids: list[str], hook_name: str, ctx: int, dtype: str, base: int = 0
+) -> Dataset:
+    """The full rows of ``cols`` (``study_ids[study_index - base]`` names each position's study)."""
+    n = cols["acts"].shape[0] // ctx
+    d_in = cols["acts"].shape[1]
+    data: dict[str, Any] = {hook_name: cols["acts"][: n * ctx].reshape(n, ctx, d_in).numpy().astype(dtype)}
+    for k in ROLE_COLUMNS:
+        data[k] = cols[k][: n * ctx].reshape(n, ctx).numpy()
+    sid = np.asarray(study_ids, dtype=object)
+    data["study_id"] = [list(r) for r in sid[cols["study_index"][: n * ctx].numpy() - base].reshape(n, ctx)] if n else []
+    return Dataset.from_dict(data, features=cache_features(hook_name, ctx, d_in, dtype))
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_manifests(shard_dir: Path) -> dict[int, dict[str, Any]]:
+    done: dict[int, dict[str, Any]] = {}
+    for f in sorted(shard_dir.glob("manifest-rank*.json")):
+        for entry in json.loads(f.read_text())["shards"]:
+            done[int(entry["shard"])] = entry
+    return done
+
+
+def _maybe_kill(n_written: int, stage: str) -> None:
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    n, _, mode = spec.partition(":")
+    if int(n) == n_written and (mode or "recorded") == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- distributed -----------------------------------------------------------------------------
+def _rank_world() -> tuple[int, int, bool]:
+    """``(rank, world_size, we_initialised)``; initialises torch.distributed under torchrun (gloo on CPU)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SAE_RAD_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+# ---- main entry ------------------------------------------------------------------------------
+@torch.no_grad()
+def cache_activations(
+    model: Any,
+    studies: Callable[[], Iterable[Study]] | Iterable[Study],
+    out_dir: str | Path,
+    hook_name: str,
+    *,
+    context_size: int,
+    positions: Selection = "maira2_sae_paper",
+    processor: Any = None,
+    batch_size: int = 8,
+    studies_per_shard: int = 64,
+    with_report: bool = True,
+    task: str = "findings",
+    dtype: str = "float32",
+    model_name: str | None = None,
+    data_description: str | None = None,
+    keep_shards: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> CacheResult:
+    """Cache ``hook_name`` activations of the selected positions of every study into ``out_dir``.
+
+    Reruns resume (completed shards are skipped). Under ``torchrun`` each rank calls this with the same
+    arguments; ranks write disjoint shards and rank 0 merges. ``progress(n_studies, n_positions)`` is
+    called after each model batch this process runs.
+    """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"cache dtype must be float32 or float16 (what datasets' Array2D stores); got {dtype!r}")
+    out = Path(out_dir)
+    info_path = out / CACHE_INFO_FILENAME
+    rank, world, own_pg = _rank_world()
+    try:
+        if info_path.exists() and json.loads(info_path.read_text()).get("complete"):
+            info = json.loads(info_path.read_text())
+            return CacheResult(out, info["n_studies"], info["n_rows"], info["n_positions"], info["n_remainder"], 0, info["role_norms"])
+        shard_dir = out / ".shards"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        manifest_path = shard_dir / f"manifest-rank{rank}.json"
+        _barrier(world)
+        done = _read_manifests(shard_dir)
+        if rank == 0:  # unrecorded (half-written or unrecorded) shard folders are redone
+            for p in shard_dir.glob("shard_*"):
+                k = int(p.name.split("_")[1].split(".")[0])
+                if k not in done or p.name.endswith(".partial"):
+                    shutil.rmtree(p)
+        _barrier(world)
+        own = [e for e in done.values() if e.get("rank") == rank]
+        processor = processor if processor is not None else default_processor(model)
+        factory = studies if callable(studies) else (lambda: studies)
+        written, n_studies, d_in = 0, 0, None
+        for k, group in groupby(enumerate(factory()), key=lambda p: p[0] // studies_per_shard):
+            chunk = [s for _, s in group]
+            n_studies = k * studies_per_shard + len(chunk)
+            if k % world != rank or k in done:
+                continue
+            first = k * studies_per_shard
+            cols, stats, ids = [], RoleNormStats(), [s.study_id for s in chunk]
+            for j, sub in enumerate(batched(chunk, batch_size)):
+                b = processor.build(sub, task=task, with_report=with_report)
+                act = activations_from_batch(model, b, hook_name, positions)
+                stats.update_batch(act)
+                cols.append(_batch_columns(act, first + j * batch_size))
+                if progress is not None:
+                    progress(len(sub), len(act))
+            c = _cat(cols, d_in or 0)
+            d_in = int(c["acts"].shape[1]) if c["acts"].numel() else d_in
+            n_full = c["acts"].shape[0] // context_size
+            part = shard_dir / f"shard_{k:06d}.partial"
+            if part.exists():
+                shutil.rmtree(part)
+            part.mkdir()
+            if n_full:
+                _rows_dataset(c, ids, hook_name, context_size, dtype, base=first).save_to_disk(str(part / "rows"))
+            _maybe_kill(written + 1, "partial")
+            tail = {k2: v[n_full * context_size :].contiguous() for k2, v in c.items()}
+            save_file(tail, str(part / "tail.safetensors"))
+            (part / "study_ids.json").write_text(json.dumps(ids))
+            os.replace(part, shard_dir / f"shard_{k:06d}")
+            own.append({
+                "shard": k, "rank": rank, "first_study": first, "n_studies": len(chunk), "n_rows": int(n_full),
+                "n_tail": int(tail["acts"].shape[0]), "d_in": d_in, "norms": stats.state(),
+            })
+            _atomic_json(manifest_path, {"shards": sorted(own, key=lambda e: e["shard"])})
+            written += 1
+            _maybe_kill(written, "recorded")
+        (shard_dir / f"done-rank{rank}.json").write_text(json.dumps({"n_studies": n_studies}))
+        _barrier(world)
+        if rank != 0:
+            _barrier(world)
+            stats = RoleNormStats()
+            for e in own:
+                stats.merge(RoleNormStats.from_state(e["norms"]))
+            return CacheResult(out, n_studies, 0, 0, 0, written, stats.to_dict())
+        result = _merge(
+            out, hook_name, context_size, dtype, n_studies, studies_per_shard,
+            meta={
+                "hook_name": hook_name, "model_name": model_name, "positions": _describe(positions),
+                "with_report": with_report, "task": task, "data": data_description,
+            },
+            keep_shards=keep_shards,
+        )
+        result.shards_written = written
+        _barrier(world)
+        return result
+    finally:
+        if own_pg:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _merge(out: Path, hook_name: str, ctx: int, dtype: str, n_studies: int, sps: int, meta: dict[str, Any],
+           keep_shards: bool) -> CacheResult:
+    shard_dir = out / ".shards"
+    done = _read_manifests(shard_dir)
+    n_shards = -(-n_studies // sps)
+    missing = [k for k in range(n_shards) if k not in done]
+    if missing:
+        raise RuntimeError(f"cannot merge the cache in {out}: shards {missing[:10]} are missing (rerun to resume)")
+    parts, tails, stats = [], [], RoleNormStats()
+    d_in = next((e["d_in"] for e in done.values() if e.get("d_in")), None)
+    if d_in is None:
+        raise RuntimeError(f"no positions were selected from {n_studies} studies; nothing to cache")
+    all_ids: list[str] = []
+    for k in range(n_shards):
+        d = shard_dir / f"shard_{k:06d}"
+        stats.merge(RoleNormStats.from_state(done[k]["norms"]))
+        ids = json.loads((d / "study_ids.json").read_text())
+        if (d / "rows").exists():
+            parts.append(datasets.load_from_disk(str(d / "rows")))
+        t = load_file(str(d / "tail.safetensors"))
+        if t["acts"].shape[0]:
+            tails.append(t)
+        all_ids.extend(ids)
+    tail = _cat(tails, d_in)
+    n_tail_rows = tail["acts"].shape[0] // ctx
+    if n_tail_rows:
+        parts.append(_rows_dataset(tail, all_ids, hook_name, ctx, dtype))
+    rem = {k: v[n_tail_rows * ctx :].contiguous() for k, v in tail.items()}
+    ds = datasets.concatenate_datasets(parts) if parts else _rows_dataset(_cat([], d_in), [], hook_name, ctx, dtype)
+    tmp = out / ".merge_tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds.save_to_disk(str(tmp))
+    for name in ("state.json", "dataset_info.json"):
+        (out / name).unlink(missing_ok=True)
+    for f in sorted(tmp.iterdir(), key=lambda p: p.name == "state.json"):
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+    (out / REMAINDER_FILENAME).unlink(missing_ok=True)
+    if rem["acts"].shape[0]:
+        rem_ids = [all_ids[i] for i in rem["study_index"].tolist()]
+        save_file(rem, str(out / REMAINDER_FILENAME), metadata={"study_ids": json.dumps(rem_ids)})
+    n_rows = len(ds)
+    info = {
+        "format": FORMAT, "complete": True, **meta, "context_size": ctx, "d_in": d_in, "dtype": dtype,
+        "n_studies": n_studies, "n_rows": n_rows, "n_positions": n_rows * ctx + int(rem["acts"].shape[0]),
+        "n_remainder": int(rem["acts"].shape[0]), "studies_per_shard": sps,
+        "columns": [hook_name, "token_ids", "study_id", *[c for c in ROLE_COLUMNS if c != "token_ids"]],
+        "role_norms": stats.to_dict(), "role_norm_state": stats.state(),
+    }
+    _atomic_json(out / CACHE_INFO_FILENAME, info)
+    if not keep_shards:
+        shutil.rmtree(shard_dir)
+    return CacheResult(out, n_studies, n_rows, info["n_positions"], info["n_remainder"], 0, info["role_norms"])
+
+
+def read_cache_info(path: str | Path) -> dict[str, Any] | None:
+    """The cache's ``sae_rad_cache.json`` (None if the folder has none)."""
+    p = Path(path) / CACHE_INFO_FILENAME
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def load_cache_positions(path: str | Path, with_remainder: bool = True) -> dict[str, Any]:
+    """Every cached position as flat columns: ``acts [n, d_in]``, ``study_id`` (list), and the role columns
+    ``[n]`` — dataset rows then the remainder. For inspection and tests (loads everything into memory)."""
+    info = read_cache_info(path)
+    if info is None:
+        raise FileNotFoundError(f"{path} has no {CACHE_INFO_FILENAME}; is it a finished sae-rad cache?")
+    hook, d_in = info["hook_name"], info["d_in"]
+    ds = datasets.load_from_disk(str(path))
+    ds.set_format("torch", columns=[hook, *ROLE_COLUMNS])
+    out: dict[str, Any] = {"acts": ds[hook].reshape(-1, d_in) if len(ds) else torch.zeros(0, d_in)}
+    for c in ROLE_COLUMNS:
+        out[c] = ds[c].reshape(-1) if len(ds) else torch.zeros(0, dtype=getattr(torch, ROLE_COLUMNS[c]))
+    ds.reset_format()
+    out["study_id"] = [s for row in ds["study_id"] for s in row]
+    rp = Path(path) / REMAINDER_FILENAME
+    if with_remainder and rp.exists():
+        from safetensors import safe_open
+
+        rem = load_file(str(rp))
+        with safe_open(str(rp), "pt") as f:
+            rem_ids = json.loads(f.metadata()["study_ids"])
+        out["acts"] = torch.cat([out["acts"], rem["acts"].to(out["acts"].dtype)])
+        for c in ROLE_COLUMNS:
+            out[c] = torch.cat([out[c], rem[c].to(out[c].dtype)])
+        out["study_id"] += rem_ids
+    return out
