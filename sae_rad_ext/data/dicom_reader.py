@@ -97,6 +97,7 @@ class DicomReader(StudyReader):
         self.sidecar = None if sidecar is None else Path(sidecar)
         self.require_findings = (self.sidecar is not None) if require_findings is None else require_findings
         self._rows: dict[str, dict[str, Any]] = {}
+        self._group_cache: list = []  # shared with reopen()ed copies
         self.columns: dict[str, str] = {}
         if self.sidecar is not None:
             header, rows = iter_table(self.sidecar)
@@ -118,7 +119,9 @@ class DicomReader(StudyReader):
                               f"(looked for {', '.join(n + '.csv/.jsonl/.json' for n in SIDECAR_NAMES)})")
 
     def _groups(self) -> list[tuple[str, Path, Path | None, dict[str, str]]]:
-        """(study id, frontal, lateral, header) per study, in file order."""
+        """(study id, frontal, lateral, header) per study, in file order (one header-only pass, cached)."""
+        if self._group_cache:
+            return self._group_cache[0]
         groups: dict[str, list[tuple[Path, dict[str, str]]]] = {}
         for p in self.files:
             h = _header(p)
@@ -135,6 +138,7 @@ class DicomReader(StudyReader):
                 frontals, laterals = laterals[:1], laterals[1:]
             out.append((key if key != str(frontals[0][0]) else frontals[0][0].stem, frontals[0][0],
                         laterals[0][0] if laterals else None, frontals[0][1]))
+        self._group_cache.append(out)
         return out
 
     def _row_for(self, sid: str, paths: list[Path], header: dict[str, str]) -> dict[str, Any] | None:

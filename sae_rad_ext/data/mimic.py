@@ -190,7 +190,10 @@ class MimicCxrReader(StudyReader):
                 sid = _id(row["study_id"])
                 rec = studies.get(sid)
                 if rec is None:
-                    when = (int(float(row.get("StudyDate") or 0)), float(row.get("StudyTime") or 0.0))
+                    try:
+                        when = (int(float(row.get("StudyDate") or 0)), float(row.get("StudyTime") or 0.0))
+                    except ValueError:
+                        when = (0, 0.0)  # unparseable date: sorts first, never a prior of a dated study
                     rec = studies[sid] = _Rec(_id(row["subject_id"]), sid, when)
                 rec.images.append((row["dicom_id"].strip(), (row.get("ViewPosition") or "").strip().upper()))
             self._cache["studies"] = studies

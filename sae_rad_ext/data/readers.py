@@ -17,6 +17,7 @@ kind           detected when SOURCE is
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -80,14 +81,20 @@ def detect_source(source: str | Path) -> tuple[str, Path]:
     manifest = _manifest_in(path)
     if manifest is not None:
         return "manifest", manifest
-    first_file = None
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
+    seen_image = False
+    for dirpath, dirnames, filenames in os.walk(path):  # stops at the first DICOM; no full listing
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
             if p.suffix.lower() in IMAGE_SUFFIXES:
-                first_file = first_file or ("imagefolder", p)
+                seen_image = True
             elif is_dicom(p):
                 return "dicom", path
-    if first_file is not None and is_imagefolder(path):
+        if seen_image:
+            break
+    if seen_image or is_imagefolder(path):
         return "imagefolder", path
     raise SourceError(
         f"{path}: cannot tell what kind of study source this folder is. Looked for: MIMIC-CXR-JPG (files/ + "
