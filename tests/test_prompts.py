@@ -340,3 +340,21 @@ def test_end_to_end_forward(which):
     with torch.no_grad():
         gen = model.generate(**g.model_inputs(), max_new_tokens=4, do_sample=False)
     assert p.roles_for_generated(g, gen).shape == gen.shape and len(p.decode_generated(g, gen)) == 1
+
+
+def test_hooked_activations_align_with_roles():
+    from sae_rad_ext.adapters import HookedMaira2
+
+    h = HookedMaira2.tiny()
+    p = Maira2Processor.from_model_config(h.model.config, h.tokenizer)
+    b = p.build([_study(1), _study(3, indication="Dyspnea.")])  # left padding: row 0 is shorter
+    _, cache = h.run_with_cache(b.input_ids, pixel_values=b.pixel_values, attention_mask=b.attention_mask,
+                                names_filter="blocks.1.hook_resid_post")
+    acts = cache["blocks.1.hook_resid_post"]
+    assert acts.shape[:2] == b.roles.shape
+    sel = acts[b.roles.mask("maira2_sae_paper")]  # [n_selected, d_model]
+    n_text = int(sum((b.roles.role == r).sum() for r in (Role.INDICATION, Role.TECHNIQUE, Role.COMPARISON,
+                                                           Role.PRIOR_REPORT, Role.REPORT)))
+    assert sel.shape == (n_text, h.cfg.d_model)
+    frontal = acts[b.roles.mask("image:frontal")]
+    assert frontal.shape[0] == 2 * p.tokens_per_image
