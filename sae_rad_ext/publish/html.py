@@ -100,11 +100,11 @@ table{border-collapse:collapse;margin:.5em 0} td,th{border-bottom:1px solid #ddd
 th{background:#f4f4f4} .num{text-align:right;font-variant-numeric:tabular-nums}
 .muted{color:#777} .tok{white-space:pre-wrap;border-radius:2px;padding:0 1px;font-family:ui-monospace,monospace;font-size:13px}
 .ctx{margin:.3em 0 .8em;line-height:1.7} .thumbs{display:flex;flex-wrap:wrap;gap:10px}
-.thumb{width:%dpx;font-size:12px} .thumb img{width:%dpx;display:block;border:1px solid #ccc}
+.thumb{width:THUMBpx;font-size:12px} .thumb img{width:THUMBpx;display:block;border:1px solid #ccc}
 .expl{font-size:1.15em;background:#fffbe6;border-left:4px solid #f0b400;padding:.4em .8em}
 #search{font-size:15px;padding:4px 8px;width:22em} select{font-size:15px}
 section{margin:1.2em 0} h2{font-size:1.15em;border-bottom:1px solid #eee;padding-bottom:.2em}
-""" % (THUMB, THUMB)
+""".replace("THUMB", str(THUMB))
 
 
 def svg_histogram(edges: list[float], counts: list[float], width: int = 420, height: int = 130, label: str = "") -> str:

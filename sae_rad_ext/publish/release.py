@@ -226,12 +226,12 @@ def _local_loader(
     cfg_overrides: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
     """SAELens loader: ``repo_id`` is a local release folder (no network) or a hub repo id."""
-    from safetensors import safe_open
     from sae_lens.loading.pretrained_sae_loaders import (
         get_sae_lens_config_from_disk,
         read_sae_components_from_disk,
         sae_lens_huggingface_loader,
     )
+    from safetensors import safe_open
 
     root = Path(repo_id)
     if not root.is_dir():
@@ -260,7 +260,10 @@ def _local_config_getter(
     force_download: bool = False,
     cfg_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from sae_lens.loading.pretrained_sae_loaders import get_sae_lens_config_from_disk, get_sae_lens_config_from_hf
+    from sae_lens.loading.pretrained_sae_loaders import (
+        get_sae_lens_config_from_disk,
+        get_sae_lens_config_from_hf,
+    )
 
     if Path(repo_id).is_dir():
         return get_sae_lens_config_from_disk(Path(repo_id) / folder_name, device, cfg_overrides)
@@ -329,7 +332,7 @@ def register_release(
         conversion = conversion_func or LOCAL_LOADER
     else:
         repo_id = str(folder_or_repo)
-        if "/" not in repo_id:
+        if isinstance(folder_or_repo, Path) or repo_id.startswith(("/", ".", "~")) or repo_id.count("/") != 1:
             raise ValueError(
                 f"{folder_or_repo!r} is neither an existing folder nor a hub repo id ('owner/name')"
             )
