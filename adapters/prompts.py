@@ -1,22 +1,7 @@
 """MAIRA-2's prompts as token batches with a role for every position.
 
-Wording, section order, image order and "N/A" handling follow microsoft/maira-2's remote-code processor
-(``processing_maira2.py``: ``_construct_image_chat_messages_for_reporting``,
-``_construct_chat_messages_reporting``, ``_construct_chat_messages_phrase_grounding``,
-``_get_section_text_or_missing_text``; read from the public copy in github.com/johannes2moll/maira_rrg).
-The user turn for reporting is::
-
-    Given the current frontal image only<image>                       (1 image), or
-    Given the current frontal image<image>[ the current lateral image<image>] and the prior frontal
-        image<image>                                                  (with a prior), or
-    Given the current frontal image<image> and the current lateral image<image>   (lateral, no prior)
-    [ PRIOR_REPORT: {prior report | N/A}]                             (only with a prior image)
-     Provide a structured description of the findings in the radiology study in comparison to the
-    prior frontal image.[ <grounding request>] INDICATION: {…} TECHNIQUE: {…} COMPARISON: {…}
-
-and for phrase grounding ``Given the current frontal image<image> Repeat the following finding as a
-grounded phrase with bounding boxes indicating all locations where it can be seen in the given chest X-ray
-image. Finding: {phrase}``. A section is "N/A" when it is ``None`` or empty (as in MAIRA-2).
+The wording (MAIRA-2's ``processing_maira2.py``, reproduced in :mod:`~sae_rad_ext.adapters.wording`) is
+wrapped in a chat turn and tokenized with a role for every position.
 
 The chat wrapper is Vicuna-v1 style — ``<s>{SYSTEM_PROMPT} USER: {user turn} ASSISTANT:`` and, when
 teacher-forcing, `` {report}</s>``. The system sentence is MAIRA-2's; the exact spacing of the
@@ -28,7 +13,8 @@ once (what MAIRA-2's processor does, so ids match the checkpoint's training inpu
 role of the segment holding its first non-space character (offset mapping). Value segments carry their
 leading space (``" Cough"``), so for byte-level BPE and SentencePiece tokenizers no token straddles a
 role boundary; ``tokenization="segments"`` tokenizes each segment separately instead (identical ids for
-the tiny tokenizer; tested). Every ``<image>`` becomes ``tokens_per_image`` copies of the image token id.
+the tiny tokenizer and a SentencePiece-style one; tested; tokens that do straddle a boundary are counted
+in ``Maira2Processor.straddling_tokens``). Every ``<image>`` becomes ``tokens_per_image`` copies of the image token id.
 """
 
 from __future__ import annotations
@@ -41,63 +27,18 @@ from typing import Any, Literal
 import torch
 from sae_rad_ext.adapters.preprocessing import MAIRA2_IMAGE_MEAN, MAIRA2_IMAGE_STD, image_hw, preprocess_image
 from sae_rad_ext.adapters.roles import ImageSlot, Role, TokenRoles
-
-Task = Literal["findings", "grounded_reporting", "phrase_grounding"]
-TASKS = ("findings", "grounded_reporting", "phrase_grounding")
-
-SYSTEM_PROMPT = "You are an expert radiology assistant tasked with interpreting a chest X-ray study."
-MISSING_SECTION = "N/A"
-REQUEST = (
-    " Provide a structured description of the findings in the radiology study in comparison to the prior"
-    " frontal image."
+from sae_rad_ext.adapters.wording import (  # noqa: F401 - re-exported
+    GROUNDING_REQUEST,
+    MISSING_SECTION,
+    PHRASE_REQUEST,
+    REQUEST,
+    SYSTEM_PROMPT,
+    TASKS,
+    Segment,
+    Task,
+    prompt_segments,
+    section_text,
 )
-GROUNDING_REQUEST = (
-    " Each finding should be described as a self-contained plain-text sentence. If the finding is"
-    " groundable, locate the finding in the current frontal chest X-ray image, with bounding boxes"
-    " indicating all locations where it can be seen in the current frontal image. Otherwise, generate just"
-    " the ungrounded finding without bounding boxes."
-)
-PHRASE_REQUEST = (
-    " Repeat the following finding as a grounded phrase with bounding boxes indicating all locations where"
-    " it can be seen in the given chest X-ray image. Finding:"
-)
-
-# a segment: (text, role, image slot); image segments have text None
-Segment = tuple[str | None, Role, ImageSlot]
-
-
-def section_text(value: str | None) -> str:
-    """MAIRA-2's rule: the section text, or "N/A" when it is None or empty."""
-    return value if isinstance(value, str) and len(value) > 0 else MISSING_SECTION
-
-
-def prompt_segments(study: Any, task: Task = "findings", phrase: str | None = None) -> list[Segment]:
-    """The user turn of one study as ordered segments (without the chat wrapper)."""
-    T, N = Role.INSTRUCTION, ImageSlot.NONE
-    if task == "phrase_grounding":
-        if not phrase:
-            raise ValueError("task='phrase_grounding' needs phrase= (the finding to ground)")
-        return [("Given the current frontal image", T, N), (None, Role.IMAGE, ImageSlot.FRONTAL),
-                (PHRASE_REQUEST, T, N), (" " + phrase, Role.PHRASE, N)]
-    has_lat, has_prior = study.lateral is not None, study.prior_frontal is not None
-    seg: list[Segment] = []
-    if not (has_lat or has_prior):
-        seg += [("Given the current frontal image only", T, N), (None, Role.IMAGE, ImageSlot.FRONTAL)]
-    else:
-        seg += [("Given the current frontal image", T, N), (None, Role.IMAGE, ImageSlot.FRONTAL)]
-        if has_prior:
-            if has_lat:
-                seg += [(" the current lateral image", T, N), (None, Role.IMAGE, ImageSlot.LATERAL)]
-            seg += [(" and the prior frontal image", T, N), (None, Role.IMAGE, ImageSlot.PRIOR)]
-        else:
-            seg += [(" and the current lateral image", T, N), (None, Role.IMAGE, ImageSlot.LATERAL)]
-    if has_prior:
-        seg += [(" PRIOR_REPORT:", T, N), (" " + section_text(study.prior_report), Role.PRIOR_REPORT, N)]
-    seg.append((REQUEST + (GROUNDING_REQUEST if task == "grounded_reporting" else "") + " INDICATION:", T, N))
-    seg += [(" " + section_text(study.indication), Role.INDICATION, N), (" TECHNIQUE:", T, N),
-            (" " + section_text(study.technique), Role.TECHNIQUE, N), (" COMPARISON:", T, N),
-            (" " + section_text(study.comparison), Role.COMPARISON, N)]
-    return seg
 
 
 @dataclass
@@ -199,6 +140,8 @@ class Maira2Processor:
                 f"({self.grid**2}) nor grid + CLS ({self.grid**2 + 1})"
             )
         self.image_mean, self.image_std = image_mean, image_std
+        self.straddling_tokens = 0
+        """Tokens seen so far whose text spans two roles (role taken from the first non-space character)."""
         self.padding_side = padding_side
         self.tokenization = tokenization if getattr(tokenizer, "is_fast", False) else "segments"
         self.image_token = image_token or getattr(tokenizer, "image_token", None) or "<image>"
@@ -305,6 +248,9 @@ class Maira2Processor:
             span = text[a:b]
             first = a + (len(span) - len(span.lstrip())) if span.strip() else a
             k = bisect.bisect_right(starts, first) - 1
+            last = bisect.bisect_right(starts, max(a, a + len(span.rstrip()) - 1)) - 1
+            if seg[last][1] != seg[k][1]:
+                self.straddling_tokens += 1
             roles.append(int(seg[k][1]))
             slots.append(-1)
         if n_img != len(image_slots):

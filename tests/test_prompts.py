@@ -154,6 +154,7 @@ def test_segment_and_whole_tokenization_agree(tok):
         a, b = whole.build(studies, task, **kw), segs.build(studies, task, **kw)
         assert torch.equal(a.input_ids, b.input_ids), task
         assert all(torch.equal(x, y) for x, y in zip(a.roles.as_tuple(), b.roles.as_tuple(), strict=True)), task
+    assert whole.straddling_tokens == 0
 
 
 # ---- geometry ------------------------------------------------------------------------------------
@@ -358,3 +359,40 @@ def test_hooked_activations_align_with_roles():
     assert sel.shape == (n_text, h.cfg.d_model)
     frontal = acts[b.roles.mask("image:frontal")]
     assert frontal.shape[0] == 2 * p.tokens_per_image
+
+
+def _sentencepiece_style_tokenizer():
+    """A Llama-like tokenizer (Metaspace "▁" pieces, byte fallback) trained locally on the tiny corpus."""
+    from sae_rad_ext.adapters.tokenizer import _CORPUS
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=[f"<0x{i:02X}>" for i in range(256)])
+    tk.train_from_iterator([x for x in _CORPUS.splitlines() if x.strip()] * 4, trainer=trainer)
+    # Llama's converted tokenizer runs BPE over the whole text (split=False); pieces start with "▁"
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<unk>")
+    tok.add_special_tokens({"additional_special_tokens": ["<image>", "<obj>", "</obj>", "<box>", "</box>"]})
+    return tok
+
+
+def test_sentencepiece_style_tokenizer_roles():
+    tok = _sentencepiece_style_tokenizer()
+    whole = Maira2Processor(tok, image_size=28, patch_size=14)
+    segs = Maira2Processor(tok, image_size=28, patch_size=14, tokenization="segments")
+    st = _study(3, prior_report="No effusion.", indication="Cough.", technique="PA and lateral.",
+                findings="Small left pleural effusion.")
+    a, b = whole.build([st]), segs.build([st])
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.roles.role, b.roles.role)
+    expect = {Role.INDICATION: "Cough.", Role.TECHNIQUE: "PA and lateral.", Role.COMPARISON: "N/A",
+              Role.PRIOR_REPORT: "No effusion.", Role.REPORT: "Small left pleural effusion."}
+    for role, text in expect.items():
+        assert tok.decode(a.input_ids[0][a.roles.role[0] == role].tolist()) == text
+    assert (a.roles.role[0] == Role.IMAGE).sum() == 12
+    assert whole.straddling_tokens == 0
