@@ -356,3 +356,27 @@ def test_open_studies_errors_and_schemes(tmp_path):
 
     register_source("fakesrc", opener)
     assert list(open_studies("fakesrc:n=3", on_error="skip")) == [] and seen == {"rest": "n=3", "on_error": "skip"}
+
+
+def test_phantom_output_reads_as_mimic_and_phantom(tmp_path):
+    from sae_rad_ext.data.phantom_io import write_phantom_dataset
+
+    out = write_phantom_dataset(tmp_path / "ph", 6, seed=3, image_size=32, prior_prob=0.5)
+    assert detect_source(out)[0] == "phantom" and detect_source(out / "mimic")[0] == "mimic"
+    truth = {int(s.metadata["index"]): s for s in open_studies(out)}
+    assert len(truth) == 6 and all("masks" in s.metadata for s in truth.values())
+    mimic = open_studies(out / "mimic", with_prior=True)
+    got = {}
+    for s in mimic:
+        n = int(s.study_id[1:]) - 50_000_000
+        if n % 2 == 0:  # current studies; odd ids are the priors written as earlier studies
+            got[n // 2] = s
+    assert sorted(got) == sorted(truth) and mimic.stats.n_skipped == 0
+    for i, s in got.items():
+        t = truth[i]
+        assert s.findings == t.findings and s.indication == t.indication and s.labels == t.labels
+        assert s.frontal.shape == t.frontal.shape and np.abs(s.frontal.astype(int) - t.frontal).mean() < 8  # JPEG
+        assert (s.lateral is None) == (t.lateral is None) and (s.prior_frontal is None) == (t.prior_frontal is None)
+        if t.prior_frontal is not None:
+            assert s.prior_report == t.prior_report
+    assert any(s.prior_frontal is not None for s in got.values())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from sae_rad_ext.data.stats import (
     OnError,
@@ -95,3 +95,37 @@ class StudyReader(Iterator[Study]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kind={self.kind!r}, on_error={self.on_error!r}, read={self.stats.n_read})"
+
+
+class IterReader(StudyReader):
+    """Any iterable of studies (e.g. a generator of phantoms) as a :class:`StudyReader`.
+
+    ``factory()`` returns a fresh iterable per pass (so :meth:`reopen` works); ``count`` (optional) answers
+    :meth:`count` without iterating. Gives plain generators ``stats``, ``max_studies`` and ``shard``.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Iterable[Study]],
+        *,
+        count: int | Callable[[], int] | None = None,
+        kind: str = "iterable",
+        on_error: OnError = "raise",
+        max_studies: int | None = None,
+        shard: tuple[int, int] | None = None,
+    ):
+        super().__init__(on_error=on_error, max_studies=max_studies, shard=shard)
+        self.factory, self._count, self.kind = factory, count, kind
+
+    def _candidates(self) -> Iterator[tuple[str, StudyThunk]]:
+        for study in self.factory():
+            yield study.study_id, (lambda study=study: study)
+
+    def count(self) -> int:
+        if self._count is None:
+            n = sum(1 for _ in self.factory())
+        else:
+            n = self._count() if callable(self._count) else int(self._count)
+        if self.shard is not None:
+            n = len(range(self.shard[0], n, self.shard[1]))
+        return n if self.max_studies is None else min(n, self.max_studies)

@@ -83,8 +83,13 @@ def _label(values: list[Any]) -> int | None:
 
 
 def chexpert_labels(row: dict[str, Any]) -> dict[str, int | None]:
-    """A CheXpert CSV row → the project's finding labels (see :data:`CHEXPERT_TO_FINDINGS`)."""
-    return {f: _label([row.get(c) for c in cols]) for f, cols in CHEXPERT_TO_FINDINGS.items()}
+    """A label CSV row → the project's finding labels.
+
+    CheXpert columns are mapped with :data:`CHEXPERT_TO_FINDINGS`; a column already named after a project
+    finding (``cardiomegaly``, ``pacemaker``, ..., as phantom datasets write) is taken as it is.
+    """
+    return {f: _label([row.get(f)] if f in row else [row.get(c) for c in cols])
+            for f, cols in CHEXPERT_TO_FINDINGS.items()}
 
 
 @dataclass

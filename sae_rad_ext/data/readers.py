@@ -11,6 +11,7 @@ kind           detected when SOURCE is
 ``manifest``   a ``.csv/.tsv/.jsonl/.json`` file, or a folder holding ``manifest.*`` / ``studies.*``
 ``dicom``      a ``.dcm`` file, or a folder of DICOM files (optional ``sidecar.csv`` etc.)
 ``imagefolder`` a folder of JPEG/PNG images (optional ``metadata.csv`` with ``file_name``)
+``phantom``    a ``write_phantom_dataset`` folder (``phantom.json`` + ``dataset/``; masks decoded)
 ``<scheme>:``  a registered scheme, e.g. ``phantom:...`` (see :func:`register_source`)
 =============  ===========================================================================
 """
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sae_rad_ext.data.base import StudyReader
+from sae_rad_ext.data.base import IterReader, StudyReader
 from sae_rad_ext.data.dicom import is_dicom
 from sae_rad_ext.data.dicom_reader import DicomReader, find_sidecar
 from sae_rad_ext.data.hf import IMAGE_SUFFIXES, HFDatasetReader, is_imagefolder, is_saved_dataset
@@ -31,7 +32,7 @@ from sae_rad_ext.data.manifest import MANIFEST_SUFFIXES, ManifestReader, _suffix
 from sae_rad_ext.data.mimic import MimicCxrReader, find_table, is_mimic_root
 from sae_rad_ext.data.stats import SourceError
 
-KINDS = ("mimic", "hf", "imagefolder", "manifest", "dicom")
+KINDS = ("phantom", "mimic", "hf", "imagefolder", "manifest", "dicom")
 _MANIFEST_NAMES = ("manifest", "studies")
 _SCHEMES: dict[str, Callable[..., Any]] = {}
 _SCHEME_RE = re.compile(r"^(?P<scheme>[a-z][a-z0-9_+-]+):")
@@ -72,6 +73,8 @@ def detect_source(source: str | Path) -> tuple[str, Path]:
             f"{path}: cannot tell what kind of study source this file is; expected a manifest "
             f"({', '.join(MANIFEST_SUFFIXES)}) or a DICOM file"
         )
+    if (path / "phantom.json").is_file() and is_saved_dataset(path / "dataset"):
+        return "phantom", path
     if is_mimic_root(path):
         return "mimic", path
     if (path / "files").is_dir() and find_table(path, "metadata") is None:
@@ -131,6 +134,8 @@ def open_studies(source: str | Path | Any, *, kind: str | None = None, **kw: Any
         path = Path(source).expanduser()
         if kind == "manifest" and path.is_dir():
             path = _manifest_in(path) or path
+    if kind == "phantom":
+        return _open_phantom(path, **kw)
     if kind == "mimic":
         return MimicCxrReader(path, **kw)
     if kind in ("hf", "imagefolder"):
@@ -140,6 +145,23 @@ def open_studies(source: str | Path | Any, *, kind: str | None = None, **kw: Any
     if path.is_dir() and "sidecar" not in kw:
         kw["sidecar"] = find_sidecar(path)
     return DicomReader(path, **kw)
+
+
+def _open_phantom(path: Path, *, split: str | None = None, require_findings: bool = True, **kw: Any) -> StudyReader:
+    """A phantom folder through its own loader (keeps the planted masks), with reader options."""
+    from sae_rad_ext.data.phantom_io import load_phantom_dataset
+
+    allowed = {"on_error", "max_studies", "shard"}
+    if set(kw) - allowed:
+        raise TypeError(f"a phantom folder takes split, require_findings and {sorted(allowed)}; got {sorted(set(kw) - allowed)}")
+
+    def count() -> int:
+        import datasets
+
+        ds = datasets.load_from_disk(str(path / "dataset"))
+        return len(ds) if split is None else sum(1 for s in ds["split"] if s == split)
+
+    return IterReader(lambda: load_phantom_dataset(path, split=split), count=count, kind="phantom", **kw)
 
 
 def count_studies(source: str | Path | Any, **kw: Any) -> int:

@@ -31,7 +31,9 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
 """Study field → column names tried in order when ``columns=`` does not name one.
 
 ``report`` is a whole report (parsed with :func:`parse_report_sections` to fill any text field its own
-column left empty); ``report_path`` is a ``.txt`` report file (relative to the source)."""
+column left empty); ``report_path`` is a ``.txt`` report file (relative to the source). Label columns are
+named after a finding (``cardiomegaly``) or ``label_<finding>``; a ``metadata`` column holding a JSON object
+(or a dict) is merged into ``Study.metadata``."""
 
 IMAGE_FIELDS = ("frontal", "lateral", "prior_frontal")
 TEXT_FIELDS = ("prior_report", "indication", "technique", "comparison", "findings", "impression")
@@ -75,8 +77,13 @@ def resolve_columns(
                 out[fieldname] = cand
                 break
     for name in LABEL_NAMES:
-        col = columns.get(name, name)
-        if col is not None and col in have:
+        if name in columns:
+            col = columns[name]
+            if col is not None and col not in have:
+                raise SourceError(f"{source}: columns={{{name!r}: {col!r}}} but there is no column {col!r}; found columns: {found}")
+        else:
+            col = next((c for c in (name, f"label_{name}") if c in have), None)
+        if col is not None:
             out[name] = col
     missing = [f for f in required if f not in out]
     if missing:
@@ -186,7 +193,17 @@ def row_to_study(
     used = set(cols.values())
     metadata: dict[str, Any] = {"source": source} if source else {}
     for k, v in row.items():
-        if k not in used and (v is None or isinstance(v, str | int | float | bool)):
+        if k in used:
+            continue
+        if k == "metadata" and isinstance(v, str) and v.lstrip().startswith("{"):
+            try:
+                metadata.update(json.loads(v))  # a JSON metadata column (e.g. phantom datasets)
+                continue
+            except json.JSONDecodeError:
+                pass
+        if k == "metadata" and isinstance(v, dict):
+            metadata.update(v)
+        elif v is None or isinstance(v, str | int | float | bool):
             metadata[k] = v
     for f in IMAGE_FIELDS:
         v = row.get(cols[f]) if f in cols else None
