@@ -143,6 +143,17 @@ def _rows_dataset(
     return Dataset.from_dict(data, features=cache_features(hook_name, ctx, d_in, dtype))
 
 
+def _save(ds: Dataset, path: Path) -> None:
+    """``save_to_disk`` without datasets' per-call progress bar."""
+    was = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        ds.save_to_disk(str(path))
+    finally:
+        if was:
+            datasets.utils.logging.enable_progress_bar()
+
+
 def _atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -264,7 +275,7 @@ def cache_activations(
                 shutil.rmtree(part)
             part.mkdir()
             if n_full:
-                _rows_dataset(c, ids, hook_name, context_size, dtype, base=first).save_to_disk(str(part / "rows"))
+                _save(_rows_dataset(c, ids, hook_name, context_size, dtype, base=first), part / "rows")
             _maybe_kill(written + 1, "partial")
             tail = {k2: v[n_full * context_size :].contiguous() for k2, v in c.items()}
             save_file(tail, str(part / "tail.safetensors"))
@@ -335,7 +346,7 @@ def _merge(out: Path, hook_name: str, ctx: int, dtype: str, n_studies: int, sps:
     tmp = out / ".merge_tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    ds.save_to_disk(str(tmp))
+    _save(ds, tmp)
     for name in ("state.json", "dataset_info.json"):
         (out / name).unlink(missing_ok=True)
     for f in sorted(tmp.iterdir(), key=lambda p: p.name == "state.json"):
@@ -374,11 +385,12 @@ def load_cache_positions(path: str | Path, with_remainder: bool = True) -> dict[
     hook, d_in = info["hook_name"], info["d_in"]
     ds = datasets.load_from_disk(str(path))
     ds.set_format("torch", columns=[hook, *ROLE_COLUMNS])
-    out: dict[str, Any] = {"acts": ds[hook].reshape(-1, d_in) if len(ds) else torch.zeros(0, d_in)}
+    rows = ds[0 : len(ds)]
+    out: dict[str, Any] = {"acts": rows[hook].reshape(-1, d_in) if len(ds) else torch.zeros(0, d_in)}
     for c in ROLE_COLUMNS:
-        out[c] = ds[c].reshape(-1) if len(ds) else torch.zeros(0, dtype=getattr(torch, ROLE_COLUMNS[c]))
+        out[c] = rows[c].reshape(-1) if len(ds) else torch.zeros(0, dtype=getattr(torch, ROLE_COLUMNS[c]))
     ds.reset_format()
-    out["study_id"] = [s for row in ds["study_id"] for s in row]
+    out["study_id"] = [s for row in ds[0 : len(ds)]["study_id"] for s in row] if len(ds) else []
     rp = Path(path) / REMAINDER_FILENAME
     if with_remainder and rp.exists():
         from safetensors import safe_open

@@ -410,8 +410,15 @@ class StudySAETrainingRunner(LanguageModelSAETrainingRunner):
         if self.data_description is not None:
             md.dataset_path = self.data_description
         if self.activations_store.cached_activation_dataset is not None:
+            from sae_rad_ext.cache import read_cache_info
+
+            info = read_cache_info(self.cfg.cached_activations_path) or {}
             md.cached_activations_path = self.cfg.cached_activations_path
-            md.role_norms = _cache_role_norms(self.cfg.cached_activations_path)
+            md.position_selection = info.get("positions", md.position_selection)
+            md.with_report = info.get("with_report", md.with_report)
+            md.role_norms = info.get("role_norms")
+            if info.get("data"):
+                md.dataset_path = info["data"]
         else:
             md.role_norms = self._initial_role_norms()
 
@@ -427,13 +434,6 @@ class StudySAETrainingRunner(LanguageModelSAETrainingRunner):
         if self.activations_store.norm_stats.total:
             sae.cfg.metadata.role_norms = self.activations_store.norm_stats.to_dict()
         return super().save_final_sae(sae, output_path, log_feature_sparsity)
-
-
-def _cache_role_norms(path: str | None) -> dict[str, Any] | None:
-    from sae_rad_ext.cache import read_cache_info
-
-    info = read_cache_info(path) if path else None
-    return info.get("role_norms") if info else None
 
 
 def make_runner(
