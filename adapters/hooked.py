@@ -155,14 +155,18 @@ class HookedMaira2(HookedRootModule):
         self.position_offset: int = 0
         """Positions before the chunk being processed (0 for a forward / prefill; prompt_len + step in decoding)."""
 
+        for handle in getattr(model, "_hooked_maira2_handles", ()):  # wrapped before: the newest wrapper wins
+            handle.remove()
         for i, layer in enumerate(layers):
             layer.forward = _make_layer_forward(layer, self.blocks[i], i, self)
         proj = model.model.multi_modal_projector
-        proj.register_forward_pre_hook(lambda _m, args: (self.vision_projector.hook_in(args[0]), *args[1:]))
-        proj.register_forward_hook(lambda _m, _a, out: self.vision_projector.hook_out(out))
-        lm.embed_tokens.register_forward_hook(lambda _m, _a, out: self.hook_embed(out))
-        lm.norm.register_forward_hook(lambda _m, _a, out: self.ln_final.hook_out(out))
-        model.register_forward_pre_hook(self._set_offset, with_kwargs=True)
+        model._hooked_maira2_handles = [
+            proj.register_forward_pre_hook(lambda _m, args: (self.vision_projector.hook_in(args[0]), *args[1:])),
+            proj.register_forward_hook(lambda _m, _a, out: self.vision_projector.hook_out(out)),
+            lm.embed_tokens.register_forward_hook(lambda _m, _a, out: self.hook_embed(out)),
+            lm.norm.register_forward_hook(lambda _m, _a, out: self.ln_final.hook_out(out)),
+            model.register_forward_pre_hook(self._set_offset, with_kwargs=True),
+        ]
 
         tc, geo = model.config.text_config, image_geometry(model.config)
         n_heads = tc.num_attention_heads
@@ -228,9 +232,12 @@ class HookedMaira2(HookedRootModule):
     def run_with_cache(self, *model_args: Any, names_filter: Any = None, return_cache_object: bool = True,
                        **kwargs: Any):
         """TransformerLens ``run_with_cache`` (``stop_at_layer=L+1`` runs blocks 0..L and returns their output)."""
-        for name in [names_filter] if isinstance(names_filter, str) else names_filter or []:
+        names = [names_filter] if isinstance(names_filter, str) else names_filter
+        for name in names if isinstance(names, (list, tuple)) else []:
             if isinstance(name, str):
                 self.check_hook_name(name)
+        if isinstance(names_filter, tuple):
+            names_filter = list(names_filter)
         out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))

@@ -65,7 +65,7 @@ def test_left_padded_batch_matches_hf_and_unpadded_rows():
         _, c0 = hm.run_with_cache(torch.tensor([rows[0]]), pixel_values=px[:1],
                                   names_filter="blocks.2.hook_resid_post")
         # the mask is inferred from leading pad tokens when not given
-        _, cm = hm.run_with_cache(ids, pixel_values=px, names_filter="blocks.2.hook_resid_post")
+        _, cm = hm.run_with_cache(ids, pixel_values=px, names_filter=lambda name: name.endswith("2.hook_resid_post"))
     n0 = len(rows[0])
     assert (cb["blocks.2.hook_resid_post"][0, -n0:] - c0["blocks.2.hook_resid_post"][0]).abs().max() <= TOL
     assert torch.equal(cm["blocks.2.hook_resid_post"], cb["blocks.2.hook_resid_post"])
@@ -220,3 +220,25 @@ def test_generic_clip_llava_parity(n_images):
     assert cache["vision_projector.hook_in"].shape == (n_images, 16, hm.cfg.d_vision)
     assert torch.equal(hm.generate(bid, pixel_values=px2, attention_mask=mask, max_new_tokens=4), want)
     assert (hm(ids, pixel_values=px, stop_at_layer=2) - _reference_run(ref, ids, px)[0].hidden_states[2]).abs().max() <= TOL
+
+
+def test_rewrapping_an_hf_model_keeps_one_set_of_hooks():
+    model, tok = tiny_maira2(seed=0)
+    first = HookedMaira2.from_hf(model, tok)
+    second = HookedMaira2.from_hf(model, tok)
+    ids = torch.tensor([study_ids(tok, 1, 64)])
+    seen = []
+    first.add_hook("vision_projector.hook_out", lambda x, hook: seen.append("first"))
+    second.add_hook("vision_projector.hook_out", lambda x, hook: seen.append("second"))
+    with torch.no_grad():
+        second(ids, pixel_values=pixels(1, 112))
+    assert seen == ["second"]
+
+
+def test_quickstart_example_runs(capsys):
+    import runpy
+    from pathlib import Path
+
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "hooks_quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "max |delta| = 0.0e+00" in out and "steered: <obj><obj>" in out
