@@ -249,9 +249,11 @@ class HookedMaira2(HookedRootModule):
         self.position_offset = int(pkv.get_seq_length()) if pkv is not None else 0
 
     def _prepare(self, input_ids, pixel_values, attention_mask):
-        if isinstance(input_ids, (str, list)) and (not input_ids or isinstance(input_ids[0] if isinstance(
-                input_ids, list) else input_ids, str)):
-            input_ids = self.to_tokens(input_ids)
+        if isinstance(input_ids, str) or (isinstance(input_ids, (list, tuple)) and input_ids
+                                          and isinstance(input_ids[0], str)):
+            input_ids = self.to_tokens(list(input_ids) if not isinstance(input_ids, str) else input_ids)
+        elif isinstance(input_ids, (list, tuple)):
+            input_ids = torch.tensor(input_ids, dtype=torch.long)
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() not in (1, 2):
             raise ValueError(f"input_ids must be a [batch, pos] token tensor (or text); got {type(input_ids)}")
         input_ids = (input_ids[None] if input_ids.dim() == 1 else input_ids).to(self.cfg.device)
