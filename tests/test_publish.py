@@ -384,17 +384,20 @@ def test_cli_export(demo, tmp_path):
 
     sae, _, root = demo
     sae.save_model(tmp_path / "sae")
+    torch.save(torch.randn(50, sae.cfg.d_in), tmp_path / "acts.pt")
     out = tmp_path / "out"
     r = CliRunner().invoke(
         app,
         ["export", "--sae", str(tmp_path / "sae"), "--interpretation", str(root / "run"), "--out", str(out),
-         "--neuronpedia", "--html", "--upload", "--release", "cli-rel", "--sae-id", "l1"],
+         "--neuronpedia", "--html", "--upload", "--release", "cli-rel", "--sae-id", "l1",
+         "--eval-activations", str(tmp_path / "acts.pt")],
         env={"NEURONPEDIA_API_KEY": ""},
     )
     assert r.exit_code == 0, r.output
     assert "nothing uploaded" in r.output
     assert (out / "html" / "index.html").is_file() and (out / "neuronpedia" / "dashboard" / "batch-0.json").is_file()
     assert (out / "release" / "l1" / "sparsity.safetensors").is_file() is False  # only 140 of 160 rates known
+    assert "explained_variance" in (out / "release" / "README.md").read_text()
     register_release("cli-rel", out / "release")
     loaded = SAE.from_pretrained("cli-rel", "l1")
     x = torch.randn(4, sae.cfg.d_in)
@@ -402,3 +405,44 @@ def test_cli_export(demo, tmp_path):
         assert torch.equal(loaded.encode(x), sae.encode(x))
     r = CliRunner().invoke(app, ["export", "--sae", str(tmp_path), "--out", str(out)])
     assert r.exit_code != 0 and "neither cfg.json" in r.output
+
+
+def test_release_measures_metrics_per_level(tmp_path):
+    mat = pytest.importorskip("sae_rad_ext.matryoshka")
+    if not hasattr(mat, "RadMatryoshkaSAE"):
+        pytest.skip("no RadMatryoshkaSAE yet")
+    sae = mat.RadMatryoshkaSAE(mat.RadMatryoshkaSAEConfig(d_in=16, d_sae=160, group_sizes=[40, 120]))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(std=0.3)
+    sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name = "tiny-maira2", HOOK
+    info = write_release(sae, tmp_path / "rel", release="m", sae_id="x", eval_activations=torch.randn(64, 16))
+    saved = json.loads((info.folder / "release_info.json").read_text())
+    assert [lm["width"] for lm in saved["level_metrics"]] == [40, 160]
+    assert {"explained_variance", "l0", "mse"} <= set(saved["metrics"])
+    assert saved["level_metrics"][-1]["l0"] == pytest.approx(saved["metrics"]["l0"], rel=1e-5)
+    card = (tmp_path / "rel" / "README.md").read_text()
+    assert "Per Matryoshka level" in card and "| 1 | 160 |" in card
+
+
+def test_register_release_maira2_sae_format(tmp_path):
+    m2 = pytest.importorskip("sae_rad_ext.maira2_sae")
+    torch.manual_seed(0)
+    d_in, d_sae = 16, 64
+    folder = tmp_path / "rel" / "layer15_x4"
+    m2.save_maira2_sae_format(
+        folder,
+        W_enc=torch.randn(d_in, d_sae),
+        b_enc=torch.zeros(d_sae),
+        W_dec=torch.randn(d_sae, d_in),
+        b_dec=torch.zeros(d_in),
+        k=4,
+        group_sizes=[16, 48],
+        threshold=0.1,
+    )
+    register_release("m2-format-test", tmp_path / "rel")
+    sae = SAE.from_pretrained("m2-format-test", "layer15_x4")
+    ref = m2.load_maira2_sae(folder)
+    x = torch.randn(8, d_in)
+    with torch.no_grad():
+        assert torch.equal(sae.encode(x), ref.encode(x)) and torch.equal(sae.decode(sae.encode(x)), ref.decode(ref.encode(x)))

@@ -25,6 +25,23 @@ def _load_sae(path: Path):
     raise typer.BadParameter(f"{path} holds neither cfg.json (SAELens) nor ae.pt (maira-2-sae format)", param_hint="--sae")
 
 
+def _load_tensor(path: Path):
+    import numpy as np
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        return t.get("activations", next(iter(t.values())))
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path))
+    t = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(t, dict):
+        t = t.get("activations", next(iter(t.values())))
+    return t
+
+
 @app.command("export")
 def export(
     sae: Path = typer.Option(..., "--sae", exists=True, file_okay=False, help="SAE folder (SAELens cfg.json + weights, or maira-2-sae ae.pt)."),
@@ -45,6 +62,10 @@ def export(
     api_key: str | None = typer.Option(None, "--api-key", envvar="NEURONPEDIA_API_KEY", help="Neuronpedia API key."),
     neuronpedia_url: str | None = typer.Option(None, "--neuronpedia-url", envvar="SAE_RAD_NEURONPEDIA_URL", help="Neuronpedia API base URL."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per upload request."),
+    eval_activations: Path | None = typer.Option(
+        None, "--eval-activations", exists=True, dir_okay=False,
+        help="Activations [N, d_in] (.safetensors/.pt/.npy) to measure explained variance / L0 (per level) for the model card.",
+    ),
 ) -> None:
     """Publish an SAE: a SAELens release folder (always), Neuronpedia files, an HTML dashboard, an upload."""
     import torch
@@ -87,6 +108,7 @@ def export(
         metrics=metrics,
         level_metrics=run.meta.get("level_metrics"),
         training_config=run.meta.get("training_config"),
+        eval_activations=_load_tensor(eval_activations) if eval_activations else None,
     )
     run.meta.update({"release": release, "sae_id": written.sae_id})
     typer.echo(f"SAELens release: {out / 'release'} (SAE.from_pretrained({release!r}, {written.sae_id!r}) after register_release)")

@@ -67,13 +67,15 @@ def write_release(
     training_config: dict[str, Any] | None = None,
     description: str = "",
     extra_metadata: dict[str, Any] | None = None,
+    eval_activations: torch.Tensor | None = None,
 ) -> ReleaseSAE:
     """Write (or add to) a release folder for ``sae``; returns what was written.
 
     Metadata not given is taken from ``sae.cfg.metadata``. ``log_sparsity`` ``[d_sae]`` is the log10
     firing rate (SAELens's ``sparsity.safetensors``); ``metrics`` (e.g. ``explained_variance``,
     ``l0``, ``mse``) and ``level_metrics`` (one dict per Matryoshka level with ``width``,
-    ``explained_variance``, ``l0``) go to the model card and the yaml entry.
+    ``explained_variance``, ``l0``) go to the model card and the yaml entry; given
+    ``eval_activations`` ``[N, d_in]`` they are measured (:func:`sae_metrics`) where not given.
     """
     from safetensors.torch import save_file
 
@@ -119,6 +121,10 @@ def write_release(
         save_file({"sparsity": ls.contiguous()}, str(folder / "sparsity.safetensors"))
 
     metrics = dict(metrics or {})
+    if eval_activations is not None:
+        measured, measured_levels = sae_metrics(sae, eval_activations)
+        metrics = {**measured, **metrics}
+        level_metrics = level_metrics or measured_levels
     entry: dict[str, Any] = {"id": sae_id, "path": sae_id}
     if metrics.get("l0") is not None:
         entry["l0"] = float(metrics["l0"])
@@ -138,6 +144,38 @@ def write_release(
     (folder / "release_info.json").write_text(json.dumps(info, indent=2, default=str))
     write_model_card(out, release=release, repo_id=repo_id, description=description)
     return ReleaseSAE(release, sae_id, folder, entry)
+
+
+@torch.no_grad()
+def sae_metrics(sae: Any, x: torch.Tensor) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Explained variance, L0 and MSE of ``sae`` on activations ``x [..., d_in]``; per level too when the
+    SAE has Matryoshka ``level_metrics``. Returns ``(metrics, level_metrics)``."""
+    x = torch.as_tensor(x).to(device=sae.W_dec.device, dtype=sae.W_dec.dtype).reshape(-1, sae.cfg.d_in)
+    if x.shape[0] < 2:
+        raise ValueError(f"eval_activations needs at least 2 rows of d_in={sae.cfg.d_in}; got {tuple(x.shape)}")
+    z = sae.encode(x)
+    rec = sae.decode(z)
+    err = (x - rec).pow(2).sum(-1)
+    var = (x - x.mean(0)).pow(2).sum(-1)
+    metrics = {
+        "explained_variance": float(1 - err.sum() / var.sum().clamp(min=1e-12)),
+        "l0": float((z != 0).float().sum(-1).mean()),
+        "mse": float(err.mean()),
+        "n_eval_tokens": int(x.shape[0]),
+    }
+    levels: list[dict[str, float]] = []
+    if hasattr(sae, "level_metrics"):
+        lm = sae.level_metrics(x)
+        for i, end in enumerate(lm.level_ends):
+            levels.append(
+                {
+                    "width": int(end),
+                    "explained_variance": float(lm.explained_variance[i]),
+                    "l0": float(lm.l0[i]),
+                    "mse": float(lm.mse[i]),
+                }
+            )
+    return metrics, levels
 
 
 def _update_entry_file(out: Path, release: str, repo_id: str, model: str, entry: dict[str, Any]) -> None:
@@ -240,7 +278,7 @@ def _local_loader(
     if not (folder / "cfg.json").is_file():
         converter = _foreign_converter(folder)
         if converter is not None:
-            return converter(str(folder), folder_name, device, force_download, cfg_overrides)
+            return converter(str(root), folder_name, device, force_download, cfg_overrides)
         raise FileNotFoundError(f"{folder} has no cfg.json: not an SAE folder of release {root}")
     cfg_dict = get_sae_lens_config_from_disk(folder, device, cfg_overrides)
     cfg_dict, state_dict = read_sae_components_from_disk(
@@ -271,19 +309,17 @@ def _local_config_getter(
 
 
 def _foreign_converter(folder: Path):
-    """The maira-2-sae format (``ae.pt`` + ``config.json``) loader, when sae_rad_ext provides one."""
+    """The maira-2-sae format (``ae.pt`` + ``config.json``) loader from :mod:`sae_rad_ext.maira2_sae`."""
     if not (folder / "ae.pt").is_file():
         return None
     try:
-        from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
-
-        import sae_rad_ext  # noqa: F401  (registers the maira-2-sae converter, if it exists)
+        from sae_rad_ext.maira2_sae import MAIRA2_SAE_CONVERTER, register_maira2_sae_converter
     except ImportError:
         return None
-    for name in ("maira2_sae", "maira_2_sae", "maira2"):
-        if name in NAMED_PRETRAINED_SAE_LOADERS:
-            return NAMED_PRETRAINED_SAE_LOADERS[name]
-    return None
+    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
+
+    register_maira2_sae_converter()
+    return NAMED_PRETRAINED_SAE_LOADERS.get(MAIRA2_SAE_CONVERTER)
 
 
 def _install_loader() -> None:
