@@ -284,6 +284,9 @@ def test_manifest_column_validation(tmp_path):
         open_studies(d / "m.csv", columns={"frontal": "image_file", "findings": "nope"})
     (s,) = open_studies(d / "m.csv", columns={"frontal": "image_file", "findings": "notes"})
     assert s.study_id == "1" and s.findings == "Clear." and s.frontal.shape == (40, 48)
+    (d / "r.csv").write_text('frontal,report\nimg/a_front.jpg,"Lungs are clear.\n No effusion."\n')
+    (r,) = open_studies(d / "r.csv")
+    assert r.findings == "Lungs are clear. No effusion." and r.metadata["report_sections"] == {"preamble": r.findings}
     (d / "e.csv").write_text("frontal,findings\nimg/a_front.jpg,\n")
     with pytest.raises(StudyReadError) as e2:
         list(open_studies(d / "e.csv"))

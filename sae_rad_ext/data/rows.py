@@ -171,8 +171,8 @@ def row_to_study(
         for k, v in study_text_fields(sections).items():
             if text.get(k) is None and v:
                 text[k] = v
-        if text["findings"] is None and not sections and "report" in cols:
-            text["findings"] = full  # a bare report without headers is the findings text itself
+        if text["findings"] is None and set(sections) <= {"preamble"} and full is not None:
+            text["findings"] = sections.get("preamble") or None  # a report column without headers is the findings
     if require_findings and not text["findings"]:
         if full is not None:
             raise StudyReadError(
