@@ -147,6 +147,8 @@ class StudyActivationsStore(ActivationsStore):
         self._train_iter: Iterator[list[Study]] | None = None
         self._eval_iter: Iterator[list[Study]] | None = None
         self._eval_batches: dict[int, Any] = {}
+        self.on_progress: Callable[[str, int], None] | None = None
+        """Optional callback: ``("llm", n_positions)`` per model batch, ``("train", n)`` per batch served."""
         self.cached_activation_dataset = self.load_cached_activation_dataset()
 
     # ---- construction from a runner config ---------------------------------------------------
@@ -226,16 +228,27 @@ class StudyActivationsStore(ActivationsStore):
     def get_raw_llm_batch(self, raise_on_epoch_end: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(acts [n_selected, d_in], token_ids [n_selected])`` of the next ``store_batch_size_prompts`` studies."""
         if self.cached_activation_dataset is not None:
-            return self._load_raw_llm_batch_from_cached(raise_on_epoch_end)
+            acts, tokens = self._load_raw_llm_batch_from_cached(raise_on_epoch_end)
+            if self.on_progress is not None:
+                self.on_progress("llm", int(acts.shape[0]))
+            return acts, tokens
         chunk = self._next_train_chunk(raise_on_epoch_end)
         out = self._activations(chunk)
         self.n_dataset_processed += len(chunk)
         self.norm_stats.update_batch(out)
+        if self.on_progress is not None:
+            self.on_progress("llm", len(out))
         if out.acts.shape[-1] != self.d_in:
             raise ValueError(
                 f"hook {self.hook_name!r} has width {out.acts.shape[-1]} but the SAE's d_in is {self.d_in}"
             )
         return out.acts, out.token_id.to(self.device)
+
+    def __next__(self) -> torch.Tensor:
+        batch = super().__next__()
+        if self.on_progress is not None:
+            self.on_progress("train", int(batch.shape[0]))
+        return batch
 
     # ---- eval stream (SAELens's run_evals calls get_batch_tokens, then the model) -------------
     def get_batch_tokens(
