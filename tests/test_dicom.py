@@ -178,23 +178,24 @@ def test_dicom_folder_with_sidecar(tmp_path, rg1):
     _write(d / "a" / "pa.dcm", _ramp(), study_uid=s1, view="PA", photometric="MONOCHROME1")
     _write(d / "b" / "ap", _ramp(), study_uid=s2, view="AP")  # no suffix: found by the DICM magic
     _write(d / "c" / "x.dcm", _ramp(), study_uid=s3, view="PA")
+    _write(d / "d" / "lat_only.dcm", _ramp(), view="LL")
     with open(d / "sidecar.csv", "w", newline="") as f:
         csv.writer(f).writerows([["study_id", "findings", "indication"], [s1, "Normal chest.", "Cough"],
                                  [s2, "", ""]])
     assert detect_source(d) == ("dicom", d)
     reader = open_studies(d, on_error="skip")
-    assert isinstance(reader, DicomReader) and reader.count() == 3
+    assert isinstance(reader, DicomReader) and reader.count() == 4
     got = list(reader)
     assert [s.study_id for s in got] == [s1]
     (a,) = got
     assert a.lateral is not None and a.findings == "Normal chest." and a.indication == "Cough"
     assert a.metadata["frontal_path"].endswith("pa.dcm") and a.frontal[0, 0] == 255  # MONOCHROME1 ramp inverted
-    assert dict(reader.stats.reasons) == {"missing_report": 2}
+    assert dict(reader.stats.reasons) == {"missing_report": 2} and dict(reader.stats.filtered) == {"no_frontal": 1}
     with pytest.raises(StudyReadError, match=r"b/ap"):
         list(DicomReader(d))
     # images only: no findings needed
     plain = list(DicomReader(d, sidecar=None, require_findings=False, group_by="file"))
-    assert len(plain) == 4 and all(s.findings is None for s in plain)
+    assert len(plain) == 5 and all(s.findings is None for s in plain)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no DICOM files"):
         DicomReader(tmp_path / "empty")

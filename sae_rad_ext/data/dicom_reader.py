@@ -11,7 +11,7 @@ from sae_rad_ext.data.dicom import is_dicom
 from sae_rad_ext.data.images import ImageDType
 from sae_rad_ext.data.manifest import iter_table
 from sae_rad_ext.data.rows import resolve_columns, row_to_study
-from sae_rad_ext.data.stats import OnError, SourceError, StudyReadError
+from sae_rad_ext.data.stats import OnError, SourceError, StudyFiltered, StudyReadError
 
 SIDECAR_NAMES = ("sidecar", "reports", "studies", "metadata")
 _FRONTAL = {"PA": 0, "AP": 1}
@@ -53,7 +53,8 @@ class DicomReader(StudyReader):
             or file stem) or ``file`` column (file name or path relative to the folder). Default: ``sidecar``,
             ``reports`` or ``studies`` ``.csv/.jsonl/.json`` in the folder, if any.
         group_by: ``"study"`` groups files by StudyInstanceUID (a header-only pass) and takes the frontal
-            (PA over AP) and lateral image by ViewPosition; ``"file"`` makes each file a study (no pre-pass).
+            (PA over AP, then images without a ViewPosition) and lateral image by ViewPosition (a study with
+            only lateral images is filtered, ``stats.filtered["no_frontal"]``); ``"file"`` makes each file a study (no pre-pass).
         require_findings: default ``True`` when there is a sidecar, else ``False`` (images only).
         window / voi: passed to :func:`read_dicom` through the image loader defaults (VOI applied).
     """
@@ -118,7 +119,7 @@ class DicomReader(StudyReader):
             raise SourceError(f"{source}: require_findings=True but no sidecar with report text was given or found "
                               f"(looked for {', '.join(n + '.csv/.jsonl/.json' for n in SIDECAR_NAMES)})")
 
-    def _groups(self) -> list[tuple[str, Path, Path | None, dict[str, str]]]:
+    def _groups(self) -> list[tuple[str, Path | None, Path | None, dict[str, str]]]:
         """(study id, frontal, lateral, header) per study, in file order (one header-only pass, cached)."""
         if self._group_cache:
             return self._group_cache[0]
@@ -134,10 +135,12 @@ class DicomReader(StudyReader):
 
             frontals = sorted((m for m in members if rank(m) < 9), key=rank)
             laterals = [m for m in members if rank(m) == 9]
-            if not frontals:  # lateral-only: its first image stands in as the only view
-                frontals, laterals = laterals[:1], laterals[1:]
-            out.append((key if key != str(frontals[0][0]) else frontals[0][0].stem, frontals[0][0],
-                        laterals[0][0] if laterals else None, frontals[0][1]))
+            first = (frontals or laterals)[0]
+            sid = key if key != str(first[0]) else first[0].stem
+            if not frontals:  # lateral-only: filtered at build time (as MIMIC studies without PA/AP are)
+                out.append((sid, None, first[0], first[1]))
+                continue
+            out.append((sid, frontals[0][0], laterals[0][0] if laterals else None, frontals[0][1]))
         self._group_cache.append(out)
         return out
 
@@ -154,7 +157,9 @@ class DicomReader(StudyReader):
                 return self._rows[k]
         return None
 
-    def _build(self, sid: str, frontal: Path, lateral: Path | None, header: dict[str, str]):
+    def _build(self, sid: str, frontal: Path | None, lateral: Path | None, header: dict[str, str]):
+        if frontal is None:
+            raise StudyFiltered("no_frontal")
         row = self._row_for(sid, [p for p in (frontal, lateral) if p is not None], header) if self._rows else None
         if row is None and self.sidecar is not None and self.require_findings:
             raise StudyReadError("missing_report", f"no row for this study in sidecar {self.sidecar}", path=frontal)
