@@ -77,6 +77,7 @@ def test_records_from_weights_and_roundtrip(tmp_path):
     run.save(tmp_path)
     back = InterpretationRun.load(tmp_path)
     assert back.records == run.records
+    assert back.records[7].vector() == pytest.approx(sae.W_dec[7].detach().tolist())
     with pytest.raises(ValueError, match="out of range"):
         records_from_sae(sae, features=[40])
 

@@ -143,7 +143,8 @@ def _alignment(vec: list[float] | None, k: int = 10) -> tuple[list[int], list[fl
 
 def dashboard_feature(r: FeatureRecord, s: NeuronpediaSettings) -> dict[str, Any]:
     """One feature in SAEDashboard's ``batch-N.json`` schema (field order as SAEDashboard writes it)."""
-    al_i, al_v, al_l1 = _alignment(r.decoder_vector)
+    vec = r.vector() if r.has_vector() else None
+    al_i, al_v, al_l1 = _alignment(vec)
     acts = []
     top_max = r.max_activation if r.max_activation is not None else max((e.max_value for e in r.top_examples), default=0)
     for ex in r.top_examples:
@@ -174,7 +175,7 @@ def dashboard_feature(r: FeatureRecord, s: NeuronpediaSettings) -> dict[str, Any
         "n_tokens_in_prompt": int(s.n_tokens_in_prompt),
         "dataset": s.dataset,
         "decoder_weights_dist": [],
-        "vector": [_num(v) for v in r.decoder_vector] if (s.include_vectors and r.decoder_vector) else [],
+        "vector": [_num(v) for v in vec] if (s.include_vectors and vec) else [],
         "activations": acts,
     }
 
@@ -477,7 +478,7 @@ def steering_vector_payloads(
     wanted = None if features is None else set(features)
     out = []
     for r in run.records:
-        if (wanted is not None and r.index not in wanted) or not r.decoder_vector:
+        if (wanted is not None and r.index not in wanted) or not r.has_vector():
             continue
         label = r.explanation.text if r.explanation else f"{settings.source_id} feature {r.index}"
         out.append(
@@ -485,7 +486,7 @@ def steering_vector_payloads(
                 "modelId": settings.model_id,
                 "layerNumber": int(settings.layer),
                 "hookType": settings.hook_type,
-                "vector": [_num(v) for v in r.decoder_vector],
+                "vector": [_num(v) for v in r.vector()],
                 "vectorDefaultSteerStrength": _num(r.max_activation) if r.max_activation else 10,
                 "vectorLabel": label[:200],
             }
@@ -504,7 +505,7 @@ def write_neuronpedia(
     batches = write_dashboard_batches(run, out / "dashboard", s)
     export = write_bulk_export(run, out / "export", s, created_at=created_at)
     vec_path = None
-    if s.hook_type in STEERABLE_HOOK_TYPES and any(r.decoder_vector for r in run.records):
+    if s.hook_type in STEERABLE_HOOK_TYPES and any(r.has_vector() for r in run.records):
         vec_path = out / "vectors" / "vector-new.jsonl"
         _write_jsonl(vec_path, steering_vector_payloads(run, s))
     sd = asdict(s)

@@ -149,8 +149,9 @@ class FeatureRecord:
     """... and counts."""
     decoder_norm: float | None = None
     """‖W_dec[index]‖."""
-    decoder_vector: list[float] | None = None
-    """The decoder direction (kept in ``arrays.safetensors``, not in the JSON)."""
+    decoder_vector: list[float] | torch.Tensor | None = field(default=None, compare=False)
+    """The decoder direction ``[d_in]`` (a list or a 1-D tensor, e.g. a view of ``W_dec``; kept in
+    ``arrays.safetensors``, not in the JSON). Read it with :meth:`vector`."""
     decoder_neighbors: list[tuple[int, float]] = field(default_factory=list)
     """Most similar other latents by decoder cosine (index, cosine), best first."""
     correlated_features: list[tuple[int, float]] = field(default_factory=list)
@@ -171,10 +172,20 @@ class FeatureRecord:
     def explanation(self) -> Explanation | None:
         return self.explanations[0] if self.explanations else None
 
-    def to_dict(self, with_vector: bool = False) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if not with_vector:
-            d.pop("decoder_vector")
+    def vector(self) -> list[float] | None:
+        """The decoder direction as a list of floats (``None`` when not carried)."""
+        v = self.decoder_vector
+        if v is None:
+            return None
+        return v.detach().float().cpu().tolist() if isinstance(v, torch.Tensor) else [float(x) for x in v]
+
+    def has_vector(self) -> bool:
+        return self.decoder_vector is not None and len(self.decoder_vector) > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the decoder vector is left out: it lives in ``arrays.safetensors``)."""
+        d = dataclasses.asdict(dataclasses.replace(self, decoder_vector=None))
+        d.pop("decoder_vector")
         return d
 
     @classmethod
@@ -238,14 +249,16 @@ class InterpretationRun:
         with open(root / "features.jsonl", "w") as f:
             for r in self.records:
                 f.write(json.dumps(r.to_dict()) + "\n")
-        with_vec = [r for r in self.records if r.decoder_vector is not None]
+        with_vec = [r for r in self.records if r.has_vector()]
         if with_vec:
             from safetensors.torch import save_file
 
             save_file(
                 {
                     "indices": torch.tensor([r.index for r in with_vec], dtype=torch.int64),
-                    "decoder_vectors": torch.tensor([r.decoder_vector for r in with_vec], dtype=torch.float32),
+                    "decoder_vectors": torch.stack(
+                        [torch.as_tensor(r.decoder_vector, dtype=torch.float32) for r in with_vec]
+                    ).contiguous(),
                 },
                 str(root / "arrays.safetensors"),
             )
@@ -278,7 +291,7 @@ class InterpretationRun:
             by = {r.index: r for r in records}
             for i, vec in zip(t["indices"].tolist(), t["decoder_vectors"], strict=True):
                 if i in by:
-                    by[i].decoder_vector = vec.tolist()
+                    by[i].decoder_vector = vec
         return cls(records=records, meta=meta, root=root)
 
     def merge(self, other: InterpretationRun) -> InterpretationRun:
@@ -389,7 +402,7 @@ def records_from_sae(
             if firing_rates is not None:
                 r.frac_nonzero = float(firing_rates[i])
             if with_vectors:
-                r.decoder_vector = W_dec[i].tolist()
+                r.decoder_vector = W_dec[i]  # a view: no copy per record
             if logits is not None:
                 lg = logits[row]
                 n = min(n_logits, lg.numel())
