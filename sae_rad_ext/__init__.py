@@ -1,13 +1,20 @@
 """sae-rad-ext: SAELens for radiology multimodal LLMs (MAIRA-2 and the LLaVA family).
 
 Importing this package registers its SAE architectures with SAELens (the only import-time side effect):
-``MATRYOSHKA_ARCHITECTURE`` as both a training and an inference architecture.
+``MATRYOSHKA_ARCHITECTURE`` as both a training and an inference architecture, and the ``maira2_sae``
+pretrained-SAE converter (:mod:`sae_rad_ext.maira2_sae`).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from sae_rad_ext.maira2_sae import (  # noqa: E402
+    load_maira2_sae,
+    register_maira2_sae_converter,
+    register_maira2_sae_release,
+    save_maira2_sae_format,
+)
 from sae_rad_ext.matryoshka import (  # noqa: E402
     MATRYOSHKA_ARCHITECTURE,
     LevelMetrics,
@@ -34,6 +41,7 @@ def _register() -> None:
         register_sae_training_class(
             MATRYOSHKA_ARCHITECTURE, RadMatryoshkaBatchTopKTrainingSAE, RadMatryoshkaBatchTopKTrainingSAEConfig
         )
+    register_maira2_sae_converter()
 
 
 _register()
@@ -46,4 +54,7 @@ __all__ = [
     "RadMatryoshkaSAE",
     "RadMatryoshkaSAEConfig",
     "__version__",
+    "load_maira2_sae",
+    "register_maira2_sae_release",
+    "save_maira2_sae_format",
 ]
