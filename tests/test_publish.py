@@ -447,3 +447,18 @@ def test_register_release_maira2_sae_format(tmp_path):
     x = torch.randn(8, d_in)
     with torch.no_grad():
         assert torch.equal(sae.encode(x), ref.encode(x)) and torch.equal(sae.decode(sae.encode(x)), ref.decode(ref.encode(x)))
+
+
+def test_records_through_hooked_maira2_unembedding():
+    try:
+        from sae_rad_ext.adapters.hooked import HookedMaira2
+    except ImportError as err:  # the adapter issue's module
+        pytest.skip(f"HookedMaira2 not importable: {err}")
+    h = HookedMaira2.tiny()
+    sae = _sae(d_in=h.W_U.shape[0], d_sae=24)
+    run = records_from_sae(sae, h, n_logits=4)
+    logits = sae.W_dec.detach().float() @ h.W_U.detach().float()
+    r = run.records[3]
+    assert r.top_logits[0][1] == pytest.approx(float(logits[3].max()), rel=1e-4)
+    top_id = int(logits[3].argmax())
+    assert r.top_logits[0][0] == h.tokenizer.convert_ids_to_tokens(top_id).replace("▁", " ").replace("Ġ", " ")
