@@ -142,7 +142,8 @@ def _array_out(arr: np.ndarray, max_side: int | None, dtype: ImageDType) -> np.n
         if arr.shape[-1] == 1:
             arr = arr[..., 0]
         elif arr.shape[-1] in (3, 4):
-            arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+            grey = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+            arr = np.round(grey).astype(np.uint8) if arr.dtype == np.uint8 else grey
         else:
             raise StudyReadError("bad_row", f"image array of shape {arr.shape}: expected [H, W] or [H, W, 1|3|4]")
     if arr.dtype != np.uint8:
