@@ -1,16 +1,15 @@
-"""Dense ``W_dec``-shaped gradient buffers that only ever have *touched* rows written.
+"""Reusable dense ``[d_sae, d_in]`` buffers for the ``W_dec`` gradient.
 
-Autograd needs a dense ``[d_sae, d_in]`` gradient for a dense parameter, and allocating + zeroing it
-(256 MiB at 16384×4096 fp32) costs more than the sparse work itself on a 2-core CPU. With
-``reuse=True`` the buffer is kept per parameter and, on the next backward, only the rows touched last
-time are re-zeroed before the new rows are written (sorted segment sum, ``index_copy_``).
+Autograd needs a dense gradient for a dense parameter. Allocating a fresh one (256 MiB at 16384×4096
+fp32) costs page faults comparable to the whole sparse backward on a 2-core CPU, so each weight keeps a
+small pool of buffers. A buffer is reused only when **nothing else references its memory** (its storage
+use count is back to the pool's own reference: the previous ``W_dec.grad`` was dropped, e.g. by
+``optimizer.zero_grad()``, and no caller kept it). Otherwise (gradient accumulation, several ops using the
+same weight in one graph, a caller keeping the result) a fresh buffer is used. So reuse is invisible to
+callers; ``reuse_grad_buffer=False`` always allocates.
 
-Contract for ``reuse=True`` (what a training loop does anyway): the returned gradient tensor is handed
-to autograd, which installs it as ``W_dec.grad`` (no copy); drop it before the next backward
-(``optimizer.zero_grad(set_to_none=True)``, the default) and do not write non-zeros into its untouched
-rows. If ``W_dec.grad`` still aliases the buffer at the next backward (gradient accumulation), a fresh
-zeroed buffer is used instead (and kept as the new buffer; the old one is left to ``W.grad``), so
-accumulation stays correct.
+The kernels overwrite every row of the buffer (zeros where no latent was active), so buffers need no
+clearing. The handed-out tensor is a fresh view, so autograd installs it as ``W_dec.grad`` without a copy.
 """
 
 from __future__ import annotations
@@ -19,62 +18,45 @@ import weakref
 
 import torch
 
-_CACHE: dict[int, _Buffer] = {}
+_POOL_MAX = 3
+_POOLS: dict[int, _Pool] = {}
 
 
-class _Buffer:
-    def __init__(self, W: torch.Tensor, dtype: torch.dtype, reuse: bool):
+def _use_count(t: torch.Tensor) -> int | None:
+    fn = getattr(torch._C, "_storage_Use_Count", None)
+    if fn is None:  # pragma: no cover - private API missing: never reuse
+        return None
+    return fn(t.untyped_storage()._cdata)
+
+
+class _Pool:
+    def __init__(self, W: torch.Tensor):
         self.W_ref = weakref.ref(W)
-        self.dtype = dtype
-        self.reuse = reuse
-        self.tensor: torch.Tensor | None = None
-        self.touched: torch.Tensor | None = None
+        self.items: list[tuple[torch.Tensor, int]] = []  # (buffer, use count when exclusively ours)
 
-    def begin(self) -> None:
-        """Start one backward: get a buffer whose rows are all zero."""
-        W = self.W_ref()
-        self._fresh = True
-        if self.reuse and self.tensor is not None:
-            g = W.grad if W.is_leaf else None
-            aliased = g is not None and g.untyped_storage().data_ptr() == self.tensor.untyped_storage().data_ptr()
-            if not aliased:
-                self._fresh = False
-                if self.touched is not None and self.touched.numel():
-                    self.tensor.index_fill_(0, self.touched, 0)
-        if self._fresh:
-            self._t = torch.zeros(W.shape, dtype=self.dtype, device=W.device)
-        else:
-            self._t = self.tensor
-        self._uniqs = []
-
-    def write(self, prim, idx, val, row, G) -> None:
-        """Write the rows of the latents in ``idx`` (disjoint from earlier writes of this backward)."""
-        self._uniqs.append(prim.grad_weight_into(idx, val, row, G, self._t))
-
-    def finish(self) -> torch.Tensor:
-        t = self._t
-        self._t = None
-        if not self.reuse:
-            return t
-        # After an accumulation step the old buffer stays W.grad (autograd adds this one into it) and is
-        # forgotten here; the fresh one becomes the buffer, with its touched rows known.
-        self.tensor = t
-        self.touched = torch.cat(self._uniqs) if self._uniqs else None
-        return t.view_as(t)  # a new TensorImpl: autograd installs it as W.grad without cloning
-
-    def fill(self, prim, idx, val, row, G) -> torch.Tensor:
-        self.begin()
-        self.write(prim, idx, val, row, G)
-        return self.finish()
+    def get(self, shape, dtype, device) -> torch.Tensor:
+        for t, base in self.items:
+            if t.shape == shape and t.dtype == dtype and t.device == device and _use_count(t) == base:
+                return t.view_as(t)
+        t = torch.empty(shape, dtype=dtype, device=device)
+        base = _use_count(t)
+        if base is not None:
+            self.items = [it for it in self.items if it[0].shape == shape and it[0].dtype == dtype]
+            self.items.append((t, base))
+            if len(self.items) > _POOL_MAX:
+                self.items.pop(0)
+            return t.view_as(t)
+        return t
 
 
-def weight_grad_buffer(W: torch.Tensor, dtype: torch.dtype, reuse: bool) -> _Buffer:
+def grad_buffer(W: torch.Tensor, dtype: torch.dtype, reuse: bool = True) -> torch.Tensor:
+    """An uninitialised ``W``-shaped tensor for the weight gradient (every row must be written)."""
     if not reuse:
-        return _Buffer(W, dtype, False)
+        return torch.empty(W.shape, dtype=dtype, device=W.device)
     key = id(W)
-    buf = _CACHE.get(key)
-    if buf is None or buf.W_ref() is not W or buf.dtype != dtype:
-        buf = _Buffer(W, dtype, True)
-        _CACHE[key] = buf
-        weakref.finalize(W, _CACHE.pop, key, None)
-    return buf
+    pool = _POOLS.get(key)
+    if pool is None or pool.W_ref() is not W:
+        pool = _Pool(W)
+        _POOLS[key] = pool
+        weakref.finalize(W, _POOLS.pop, key, None)
+    return pool.get(W.shape, dtype, W.device)

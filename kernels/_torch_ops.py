@@ -5,16 +5,21 @@ and belongs to output row ``row[e]``; row ``r`` owns entries ``offsets[r]:offset
 
 * :func:`decode_csr` — ``out[r] = Σ_e val[e] · W[idx[e]]`` (``F.embedding_bag``, multi-threaded).
 * :func:`grad_values` — ``g_val[e] = <G[row[e]], W[idx[e]]>`` (gather-dot in cache-sized chunks).
-* :func:`grad_weight` — ``g_W[f] = Σ_{e: idx[e]=f} val[e] · G[row[e]]``: a *sorted segment sum*
-  (entries sorted by latent, one ``embedding_bag`` over ``G`` with one bag per touched latent) written
-  into the touched rows of a dense buffer; untouched rows are zero.  No float atomics, no dense
+* :func:`grad_weight_dense` — ``g_W[f] = Σ_{e: idx[e]=f} val[e] · G[row[e]]``: a *sorted segment sum*
+  (entries sorted by latent into a CSR ``Sᵀ``; ``Sᵀ @ G``) written over every row of a dense (reused)
+  buffer; rows of untouched latents are zero.  No float atomics, no dense
   ``[N, d_sae]`` tensor, O(nnz · d_in) work instead of the dense O(N · d_sae · d_in).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
+
+# the CSR matrices here are internal temporaries; silence torch's one-time "beta" notice for them
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 # entries per chunk in grad_values: chunk·d_in·4 bytes stays around a few MiB (L2/L3 friendly)
 _GV_CHUNK_BYTES = 4 << 20
@@ -68,21 +73,53 @@ def sort_by_latent(idx: torch.Tensor):
     return perm, uniq, seg
 
 
-def grad_weight_rows(idx: torch.Tensor, val: torch.Tensor, row: torch.Tensor, G: torch.Tensor):
-    """Touched latents ``uniq [U]`` and their gradient rows ``[U, d]`` (sorted segment sum)."""
+_GW_CHUNK_BYTES = 4 << 20
+
+
+def grad_weight_dense(idx, val, row, G, out: torch.Tensor, base: int = 0) -> None:
+    """Overwrite every row of ``out [R, d]``: ``out[r] = Σ_{e: idx[e] = base + r} val[e] · G[row[e]]``
+    (zero rows for latents with no entry). All ``idx`` must lie in ``[base, base + R)``.
+
+    fp32/fp64: a sorted segment sum expressed as ``Sᵀ @ G`` with ``Sᵀ`` the latent-major CSR matrix of
+    the entries (sorting by latent = building the CSR), run by ``torch.addmm(..., beta=0, out=out)`` —
+    a parallel sparse × dense product that writes straight into the (reused) gradient buffer.
+    Other dtypes: zero the buffer, then one ``embedding_bag`` over ``G`` per chunk of touched latents.
+    """
+    R = out.shape[0]
+    if idx.numel() == 0 or R == 0:
+        out.zero_()
+        return
+    rel = idx - base if base else idx
+    if out.dtype in (torch.float32, torch.float64) and G.device.type == "cpu":
+        rel_sorted, perm = torch.sort(rel)
+        crow = torch.zeros(R + 1, dtype=torch.long, device=idx.device)
+        torch.cumsum(torch.bincount(rel_sorted, minlength=R), 0, out=crow[1:])
+        St = torch.sparse_csr_tensor(
+            crow, row.index_select(0, perm), val.index_select(0, perm).to(out.dtype), (R, G.shape[0]),
+            check_invariants=False,
+        )
+        torch.addmm(out, St, G.to(out.dtype), beta=0, alpha=1, out=out)
+        return
+    out.zero_()
+    _grad_weight_chunks(rel, val, row, G, out)
+
+
+def _grad_weight_chunks(idx, val, row, G, out) -> torch.Tensor:
     perm, uniq, seg = sort_by_latent(idx)
-    rows = F.embedding_bag(
-        row.index_select(0, perm), G, seg, mode="sum",
-        per_sample_weights=val.index_select(0, perm).to(G.dtype), include_last_offset=True,
-    )
-    return uniq, rows
-
-
-def grad_weight_into(idx, val, row, G, out: torch.Tensor) -> torch.Tensor:
-    """Write the touched rows of the ``W`` gradient into ``out`` (whose other rows must be zero);
-    return the touched latent ids."""
-    if idx.numel() == 0:
-        return idx.new_zeros(0)
-    uniq, rows = grad_weight_rows(idx, val, row, G)
-    out.index_copy_(0, uniq, rows.to(out.dtype))
+    rows_s = row.index_select(0, perm)
+    vals_s = val.index_select(0, perm).to(G.dtype)
+    U, d = uniq.numel(), G.shape[1]
+    per = max(1, _GW_CHUNK_BYTES // max(1, d * G.element_size()))
+    seg_list = seg.tolist() if U > per else None
+    for a in range(0, U, per):
+        b = min(U, a + per)
+        if seg_list is None:
+            e0, e1, off = 0, rows_s.numel(), seg
+        else:
+            e0, e1 = seg_list[a], seg_list[b]
+            off = seg[a:b + 1] - e0
+        part = F.embedding_bag(
+            rows_s[e0:e1], G, off, mode="sum", per_sample_weights=vals_s[e0:e1], include_last_offset=True
+        )
+        out.index_copy_(0, uniq[a:b], part.to(out.dtype))
     return uniq

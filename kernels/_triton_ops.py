@@ -6,8 +6,8 @@ Same names and contracts as :mod:`._torch_ops`. One kernel does all the gather-s
 
 * decode: ``T = W_dec``, rows = output rows, ``out_row`` = identity;
 * W_dec gradient: a sorted segment sum — entries sorted by latent, ``T = grad_out``, ``idx`` = the
-  entries' output rows, one bag per touched latent, ``out_row`` = the touched latent ids. Each gradient
-  row is written by exactly one program: no float atomics.
+  entries' output rows, one bag per latent (empty bags write zeros). Each gradient row is written by
+  exactly one program: no float atomics.
 
 ``_gather_dot_kernel``: ``g[e] = <G[row[e]], T[idx[e]]>`` (values gradient).
 
@@ -123,13 +123,18 @@ def grad_values(idx, row, offsets, W, G, k=None):
     return out
 
 
-def grad_weight_into(idx, val, row, G, out):
-    """Sorted segment sum of ``val[e] · G[row[e]]`` per latent into ``out`` rows (no atomics)."""
+def grad_weight_dense(idx, val, row, G, out, base: int = 0):
+    """Overwrite every row of ``out [R, d]`` with the sorted segment sum of ``val[e] · G[row[e]]`` over
+    the entries of latent ``base + r`` (zeros for untouched latents). One program per (row, d-block):
+    each gradient row is written exactly once, no atomics."""
+    R = out.shape[0]
+    if R == 0:
+        return
     if idx.numel() == 0:
-        return idx.new_zeros(0)
-    perm, uniq, seg = sort_by_latent(idx)
-    _bag_sum(
-        row.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), seg,
-        G.contiguous(), out, out_row=uniq,
-    )
-    return uniq
+        out.zero_()
+        return
+    rel = idx - base if base else idx
+    rel_sorted, perm = torch.sort(rel)
+    seg = torch.zeros(R + 1, dtype=torch.long, device=idx.device)
+    torch.cumsum(torch.bincount(rel_sorted, minlength=R), 0, out=seg[1:])
+    _bag_sum(row.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), seg, G.contiguous(), out)

@@ -11,7 +11,7 @@ import torch
 
 from ._checks import check_decoder, check_float, check_index, check_offsets, resolve_backend
 from ._dispatch import ops
-from ._grad_buffer import weight_grad_buffer
+from ._grad_buffer import grad_buffer
 
 
 class _SparseDecodeCSR(torch.autograd.Function):
@@ -42,10 +42,8 @@ class _SparseDecodeCSR(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g_val = prim.grad_values(idx, row, offsets, W, G, ctx.k).to(ctx.val_dtype)
         if ctx.needs_input_grad[3]:
-            buf = weight_grad_buffer(W, G.dtype, ctx.reuse)
-            g_W = buf.fill(prim, idx, val, row, G)
-            if g_W.dtype != W.dtype:
-                g_W = g_W.to(W.dtype)
+            g_W = grad_buffer(W, W.dtype, ctx.reuse)
+            prim.grad_weight_dense(idx, val, row, G.to(W.dtype), g_W)
         if ctx.has_b and ctx.needs_input_grad[4]:
             g_b = G.sum(0, dtype=torch.float32).to(ctx.b_dtype)
         return None, g_val, None, g_W, g_b, None, None, None
@@ -63,7 +61,7 @@ def sparse_decode(
     b_dec: torch.Tensor | None = None,
     *,
     backend: str | None = None,
-    reuse_grad_buffer: bool = False,
+    reuse_grad_buffer: bool = True,
 ) -> torch.Tensor:
     """Decode top-k codes: ``out[n] = Σ_j values[n, j] · W_dec[indices[n, j]] (+ b_dec)``.
 
@@ -73,8 +71,9 @@ def sparse_decode(
         W_dec: ``[d_sae, d_in]`` decoder.
         b_dec: optional ``[d_in]`` decoder bias.
         backend: ``None`` (CUDA → ``"triton"``, CPU → ``"torch"``), ``"torch"`` or ``"triton"``.
-        reuse_grad_buffer: keep the dense ``W_dec`` gradient buffer between backward calls and
-            re-zero only the rows touched last time (see :mod:`._grad_buffer` for the contract).
+        reuse_grad_buffer: write the dense ``W_dec`` gradient into a pooled buffer when nothing else
+            references it any more (saves a fresh 256 MiB allocation per step; invisible to callers,
+            see :mod:`._grad_buffer`). ``False`` always allocates.
 
     Returns:
         ``[N, d_in]`` in ``W_dec.dtype``. Differentiable w.r.t. ``values``, ``W_dec``, ``b_dec``.
@@ -100,7 +99,7 @@ def sparse_decode_flat(
     b_dec: torch.Tensor | None = None,
     *,
     backend: str | None = None,
-    reuse_grad_buffer: bool = False,
+    reuse_grad_buffer: bool = True,
 ) -> torch.Tensor:
     """Decode rows with different numbers of active latents (batch-top-k, CSR layout).
 

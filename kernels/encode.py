@@ -19,6 +19,7 @@ import torch
 
 from ._checks import check_float, resolve_backend
 from ._dispatch import ops
+from ._grad_buffer import grad_buffer
 
 _DEFAULT_CHUNK_ELEMS = 1 << 22  # N·chunk elements per slab (16 MiB fp32)
 
@@ -61,15 +62,27 @@ class _SelectedPreacts(torch.autograd.Function):
         x, W_enc, vals, idx, offsets = ctx.saved_tensors
         prim = ops(ctx.backend)
         d_in, d_sae = W_enc.shape
+        N = x.shape[0]
         g = (gv.reshape(-1) * (vals.reshape(-1) > 0)).to(W_enc.dtype)
-        row = prim.row_ids_from_offsets(offsets, idx.numel())
         g_x = g_W = g_b = None
-        if ctx.needs_input_grad[0]:
-            g_x = prim.decode_csr(idx, g, offsets, W_enc.t().contiguous()).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            gWt = torch.zeros(d_sae, d_in, dtype=W_enc.dtype, device=W_enc.device)
-            prim.grad_weight_into(idx, g, row, x.to(W_enc.dtype).contiguous(), gWt)
-            g_W = gWt.t()
+        use_csr = ctx.backend == "torch" and W_enc.dtype in (torch.float32, torch.float64) and idx.numel() > 0
+        if use_csr:
+            # S = the selected entries as a CSR [N, d_sae] matrix (rows sorted, as built by the encoders)
+            S = torch.sparse_csr_tensor(offsets, idx, g, (N, d_sae), check_invariants=False)
+            if ctx.needs_input_grad[0]:
+                g_x = torch.addmm(x.new_empty(0, dtype=W_enc.dtype).resize_(N, d_in), S, W_enc.t(), beta=0).to(x.dtype)
+            if ctx.needs_input_grad[1]:
+                # ∂W_enc = xᵀ S, written in W_enc's own layout into a pooled buffer
+                g_W = grad_buffer(W_enc, W_enc.dtype, True)
+                torch.addmm(g_W, x.t().to(W_enc.dtype), S, beta=0, out=g_W)
+        else:
+            row = prim.row_ids_from_offsets(offsets, idx.numel())
+            if ctx.needs_input_grad[0]:
+                g_x = prim.decode_csr(idx, g, offsets, W_enc.t().contiguous()).to(x.dtype)
+            if ctx.needs_input_grad[1]:
+                gWt = torch.empty(d_sae, d_in, dtype=W_enc.dtype, device=W_enc.device)
+                prim.grad_weight_dense(idx, g, row, x.to(W_enc.dtype).contiguous(), gWt)
+                g_W = gWt.t()
         if ctx.needs_input_grad[2]:
             g_b = torch.zeros(d_sae, dtype=torch.float32, device=g.device).index_add_(0, idx, g.float())
             g_b = g_b.to(ctx.b_dtype)

@@ -16,7 +16,7 @@ import torch
 
 from ._checks import check_decoder, check_float, check_index, check_offsets, group_ends_list, resolve_backend
 from ._dispatch import ops
-from ._grad_buffer import weight_grad_buffer
+from ._grad_buffer import grad_buffer
 from .decode import _SparseDecodeCSR
 
 
@@ -40,7 +40,7 @@ def _flatten(indices, values, offsets, d_sae):
 
 def _regroup(idx, offsets, N, ends, group_major: bool):
     """Sort entries into bags (row, group) — or (group, row) if ``group_major`` — and return
-    ``(perm, bag_offsets [G·N+1], row_of_bag_order)``."""
+    ``(perm, bag_offsets [G·N+1])``."""
     G = len(ends)
     nnz = idx.numel()
     ends_t = torch.tensor(ends, device=idx.device, dtype=torch.long)
@@ -64,7 +64,7 @@ def matryoshka_decode(
     *,
     offsets: torch.Tensor | None = None,
     backend: str | None = None,
-    reuse_grad_buffer: bool = False,
+    reuse_grad_buffer: bool = True,
 ) -> torch.Tensor:
     """Every prefix reconstruction ``[G, N, d_in]`` in one pass: ``out[g] = x̂_{≤g}`` (incl. ``b_dec``).
 
@@ -81,20 +81,20 @@ def matryoshka_decode(
     idx, val, off, N = _flatten(indices, values, offsets, d_sae)
     backend = resolve_backend(backend, W_dec, idx, val, *([b_dec] if b_dec is not None else []))
     G = len(ends)
-    perm, bag_off = _regroup(idx, off, N, ends, group_major=False)
+    perm, bag_off = _regroup(idx, off, N, ends, group_major=True)
     partial = _SparseDecodeCSR.apply(
         idx.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), bag_off,
         W_dec.contiguous(), None, None, backend, reuse_grad_buffer,
-    )  # [N*G, d]
-    out = partial.view(N, G, d_in).transpose(0, 1).cumsum(0)
+    )  # [G*N, d]: bag g*N + n = row n's latents in group g
+    out = torch.cumsum(partial.view(G, N, d_in), 0)
     if b_dec is not None:
-        out = out + b_dec.to(out.dtype)
-    return out.contiguous()
+        out = out.add_(b_dec.to(out.dtype))
+    return out
 
 
 class _MatryoshkaLosses(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, idx_s, val_s, bag_off, W, b, coef, N, G, backend, reuse):
+    def forward(ctx, x, idx_s, val_s, bag_off, W, b, coef, N, G, backend, reuse, ends):
         prim = ops(backend)
         r = x.float() - (b.float() if b is not None else 0.0)
         losses = torch.empty(G, dtype=torch.float32, device=x.device)
@@ -106,42 +106,38 @@ class _MatryoshkaLosses(torch.autograd.Function):
             losses[g] = r.square().sum() / max(N, 1)
         ctx.save_for_backward(idx_s, val_s, bag_off, r, coef)
         ctx.W = W
-        ctx.meta = (N, G, backend, reuse, starts, x.dtype, val_s.dtype, b.dtype if b is not None else None)
+        ctx.meta = (N, G, backend, reuse, starts, x.dtype, val_s.dtype, b.dtype if b is not None else None, ends)
         return losses * coef
 
     @staticmethod
     def backward(ctx, gL):
         idx_s, val_s, bag_off, r, coef = ctx.saved_tensors
         W = ctx.W
-        N, G, backend, reuse, starts, x_dtype, v_dtype, b_dtype = ctx.meta
+        N, G, backend, reuse, starts, x_dtype, v_dtype, b_dtype, ends = ctx.meta
         prim = ops(backend)
         c = (gL.float() * coef * (2.0 / max(N, 1))).tolist()
         r = r.clone()
         a = torch.zeros_like(r)
         g_val = torch.zeros(idx_s.numel(), dtype=W.dtype, device=W.device) if ctx.needs_input_grad[2] else None
-        buf = weight_grad_buffer(W, W.dtype, reuse) if ctx.needs_input_grad[4] else None
-        if buf is not None:
-            buf.begin()
+        g_W = grad_buffer(W, W.dtype, reuse) if ctx.needs_input_grad[4] else None
         for g in range(G - 1, -1, -1):
             s0, s1 = starts[g], starts[g + 1]
             a.add_(r, alpha=c[g])
             off_g = bag_off[g * N:(g + 1) * N + 1] - s0
             idx_g, val_g = idx_s[s0:s1], val_s[s0:s1]
-            need_p = g > 0
-            if s1 > s0 and (g_val is not None or buf is not None or need_p):
-                row_g = prim.row_ids_from_offsets(off_g, s1 - s0)
-                Gr = (-a).to(W.dtype)
-                if g_val is not None:
-                    g_val[s0:s1] = prim.grad_values(idx_g, row_g, off_g, W, Gr)
-                if buf is not None:
-                    buf.write(prim, idx_g, val_g, row_g, Gr)
-                if need_p:
-                    r.add_(prim.decode_csr(idx_g, val_g, off_g, W).float())
+            lo, hi = (ends[g - 1] if g else 0), ends[g]
+            row_g = prim.row_ids_from_offsets(off_g, s1 - s0)
+            Gr = (-a).to(W.dtype)
+            if g_val is not None and s1 > s0:
+                g_val[s0:s1] = prim.grad_values(idx_g, row_g, off_g, W, Gr)
+            if g_W is not None:  # groups own disjoint latent ranges: every row written once
+                prim.grad_weight_dense(idx_g, val_g, row_g, Gr, g_W[lo:hi], base=lo)
+            if g > 0 and s1 > s0:
+                r.add_(prim.decode_csr(idx_g, val_g, off_g, W).float())
         g_x = a.to(x_dtype) if ctx.needs_input_grad[0] else None
         g_b = (-a.sum(0)).to(b_dtype) if (b_dtype is not None and ctx.needs_input_grad[5]) else None
-        g_W = buf.finish() if buf is not None else None
         g_v = g_val.to(v_dtype) if g_val is not None else None
-        return g_x, None, g_v, None, g_W, g_b, None, None, None, None, None
+        return g_x, None, g_v, None, g_W, g_b, None, None, None, None, None, None
 
 
 def matryoshka_losses(
@@ -155,7 +151,7 @@ def matryoshka_losses(
     weights: Sequence[float] | torch.Tensor | None = None,
     offsets: torch.Tensor | None = None,
     backend: str | None = None,
-    reuse_grad_buffer: bool = False,
+    reuse_grad_buffer: bool = True,
 ) -> torch.Tensor:
     """Per-level reconstruction losses ``[G]`` (fp32), without materialising ``[G, N, d_in]``.
 
@@ -190,5 +186,5 @@ def matryoshka_losses(
     perm, bag_off = _regroup(idx, off, N, ends, group_major=True)
     return _MatryoshkaLosses.apply(
         x, idx.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), bag_off,
-        W_dec.contiguous(), b_dec, coef, N, G, backend, reuse_grad_buffer,
+        W_dec.contiguous(), b_dec, coef, N, G, backend, reuse_grad_buffer, ends,
     )

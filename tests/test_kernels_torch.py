@@ -104,6 +104,32 @@ def test_grad_buffer_reuse_is_correct_across_steps_and_accumulation():
         W.grad = None
 
 
+def test_grad_buffer_never_overwrites_memory_someone_holds():
+    torch.manual_seed(0)
+    W = torch.randn(40, 8, requires_grad=True)
+    ref_W = W.detach().clone().requires_grad_(True)
+    x = torch.randn(5, 8)
+    kept = []
+    for _ in range(3):
+        idx = torch.stack([torch.randperm(40)[:3] for _ in range(5)])
+        v = torch.rand(5, 3)
+        # the same weight used by three ops in one graph
+        loss = (sparse_decode(idx, v, W) ** 2).sum() + (sparse_decode(idx[:, :1], v[:, :1], W) ** 2).sum()
+        loss = loss + matryoshka_losses(x, idx, v, W, [7, 40]).sum()
+        loss.backward()
+        dense = torch.zeros(5, 40).scatter(1, idx, v)
+        d1 = torch.zeros(5, 40).scatter(1, idx[:, :1], v[:, :1])
+        ref = ((dense @ ref_W) ** 2).sum() + ((d1 @ ref_W) ** 2).sum()
+        ref = ref + sum(((x - dense[:, :e] @ ref_W[:e]) ** 2).sum(-1).mean() for e in (7, 40))
+        ref.backward()
+        torch.testing.assert_close(W.grad, ref_W.grad)
+        kept.append((W.grad, ref_W.grad.clone()))  # a caller keeping old gradients
+        W.grad = None
+        ref_W.grad = None
+    for g, r in kept:
+        torch.testing.assert_close(g, r)
+
+
 def test_saelens_matryoshka_loss_convention():
     """matryoshka_losses(...).sum() == SAELens matryoshka_batchtopk's summed per-level MSE."""
     from sae_lens.saes.sae import mse_loss
