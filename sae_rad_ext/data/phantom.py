@@ -53,11 +53,11 @@ def _opacity_blob(rng: np.random.Generator, p: Patient, side: str | None = None)
     side = side or (SIDES[int(rng.integers(2))])
     zone = ("upper", "middle", "lower")[int(rng.integers(3))]
     dome = p.dome_right if side == "right" else p.dome_left
-    z = {"upper": p.lung_top - 6.5, "middle": p.carina_z - 4.5, "lower": dome + 2.2}[zone] + rng.normal(0, 0.7)
+    z = {"upper": p.lung_top - 7.5, "middle": p.carina_z - 4.5, "lower": dome + 2.2}[zone] + rng.normal(0, 0.7)
     cx, _, a, _ = p.lung_section(side, np.array([z]))
-    x = float(cx[0]) + SGN[side] * float(a[0]) * rng.uniform(0.0, 0.35)
+    x = float(cx[0]) + SGN[side] * float(a[0]) * rng.uniform(-0.1, 0.25)
     c = np.array([x, rng.uniform(-3.0, 2.0), z])
-    ax = np.array([rng.uniform(2.6, 4.0), rng.uniform(2.6, 4.0), rng.uniform(2.8, 4.2)])
+    ax = np.array([rng.uniform(3.0, 4.3), rng.uniform(2.8, 4.2), rng.uniform(3.0, 4.5)])
     if zone == "upper":
         ax = ax * 0.85
     return side, zone, c, ax
@@ -66,7 +66,7 @@ def _opacity_blob(rng: np.random.Generator, p: Patient, side: str | None = None)
 def sample_state(rng: np.random.Generator, p: Patient, probs: dict[str, float]) -> FindingState:
     st = FindingState()
     if rng.random() < probs.get("cardiomegaly", 0):
-        st.cardiomegaly = float(rng.uniform(0.28, 0.5))
+        st.cardiomegaly = float(rng.uniform(0.35, 0.6))
     if rng.random() < probs.get("pleural_effusion", 0):
         u = rng.random()
         sides = ["right"] if u < 0.4 else ["left"] if u < 0.75 else ["right", "left"]
@@ -159,8 +159,7 @@ def lung_inside(p: Patient, st: FindingState):
             r, dz = (1.5 + 5.0 * ptx, 1.0 + 4.0 * ptx) if ptx > 0 else (0.0, 0.0)
             cx, cy, a, b = p.lung_section(side, z, r, dz, shrink=0.4)
             m = ((pts[:, 0] - cx) / np.maximum(a, 1e-6)) ** 2 + ((pts[:, 1] - cy) / np.maximum(b, 1e-6)) ** 2 < 1
-            dc, dax = p.dome(side)
-            m &= (((pts - dc) / dax) ** 2).sum(1) > 1
+            m &= ~p.below_dome(side, pts)
             ok |= m
         q = ((pts - hc) @ hrot) / hax
         return ok & ((q**2).sum(1) > 1.1)
@@ -169,8 +168,8 @@ def lung_inside(p: Patient, st: FindingState):
 
 
 # --------------------------------------------------------------------------------------- studies
-def _render(p: Patient, st: FindingState, view: str, size: int, rng: np.random.Generator):
-    ves = vessel_tree(p, lung_inside(p, st), np.random.default_rng(p.vessel_seed))
+def _render(p: Patient, st: FindingState, view: str, size: int, rng: np.random.Generator, ves=None):
+    ves = ves if ves is not None else vessel_tree(p, lung_inside(p, st), np.random.default_rng(p.vessel_seed))
     acq = sample_acquisition(rng, view)
     img, masks, info = render_view(p, st, acq, size, rng, ves)
     out: dict[str, np.ndarray] = {}
@@ -206,11 +205,12 @@ def make_study(seed: int, index: int, *, image_size: int = 224, lateral_prob: fl
     report_rng = _rng(seed, index, 2)
     img_rng = _rng(seed, index, 3)
 
-    frontal, fmasks, finfo = _render(p, st, frontal_view, image_size, img_rng)
+    ves = vessel_tree(p, lung_inside(p, st), np.random.default_rng(p.vessel_seed))
+    frontal, fmasks, finfo = _render(p, st, frontal_view, image_size, img_rng, ves)
     masks = {"frontal": fmasks}
     lateral = None
     if has_lat:
-        lateral, lmasks, _ = _render(p, st, "LATERAL", image_size, img_rng)
+        lateral, lmasks, _ = _render(p, st, "LATERAL", image_size, img_rng, ves)
         masks["lateral"] = lmasks
     truth = truth_summary(p, st, finfo.get("ctr"))
     prior_img = prior_truth = prior_report = None

@@ -38,6 +38,7 @@ class Patient:
     breast: float  # 0 = none
     seed: int
     vessel_seed: int
+    bubble: float = 1.0  # gastric air bubble scale
 
     def lung_section(self, side: str, z: np.ndarray, retract: float = 0.0, apex_drop: float = 0.0,
                      shrink: float = 0.0):
@@ -55,7 +56,7 @@ class Patient:
         cy = -1.1 + 0 * z
         a = a - retract / 2.0 - shrink
         cx = cx - sg * retract / 2.0
-        b = b - retract * 0.25 - shrink
+        b = b - retract * 0.1 - shrink
         return cx, cy, np.maximum(a, 0.0), np.maximum(b, 0.0)
 
     def body_section(self, z: np.ndarray):
@@ -67,11 +68,16 @@ class Patient:
         cy = np.interp(z, zz, [0, 0, 0, -0.5, -1.5, -2.0, -2.0, -1.5, -1.5])
         return 0.0 * z, cy, a, b
 
-    def dome(self, side: str):
+    def dome_section(self, side: str, z: np.ndarray):
+        """Hemidiaphragm as a paraboloid ``z_d = top - ((x-cx)/3.4)^2 - ((y-cy)/3.6)^2``: at height ``z``
+        the sub-diaphragmatic region is the ellipse returned here (empty above the dome's top)."""
         top = self.dome_right if side == "right" else self.dome_left
-        ax = np.array([7.5, 10.5, 9.0])
-        c = np.array([SGN[side] * 6.5, 0.5, top - ax[2]])
-        return c, ax
+        h = np.sqrt(np.clip(top - z, 0.0, None))
+        return SGN[side] * 6.2 + 0 * z, 1.5 + 0 * z, 3.4 * h + 1e-6, 3.6 * h + 1e-6
+
+    def below_dome(self, side: str, pts: np.ndarray) -> np.ndarray:
+        cx, cy, a, b = self.dome_section(side, pts[:, 2])
+        return ((pts[:, 0] - cx) / a) ** 2 + ((pts[:, 1] - cy) / b) ** 2 < 1
 
     def ribs(self) -> list[np.ndarray]:
         out = []
@@ -94,7 +100,7 @@ class Patient:
 
     def clavicles(self) -> list[np.ndarray]:
         out = []
-        z0 = self.rib1_z - 1.0
+        z0 = self.rib1_z - 3.3
         for side in SIDES:
             sg = SGN[side]
             ctrl = [[sg * 1.8, 6.0, z0 + 1.0], [sg * 6, 5.0, z0 + 1.6], [sg * 10.5, 2.0, z0 + 2.6],
@@ -139,24 +145,24 @@ def sample_patient(rng: np.random.Generator, patient_id: str) -> Patient:
     insp = rng.normal(0.0, 1.2)  # deeper inspiration -> lower domes
     dome_r = -13.5 - insp + rng.normal(0, 0.4)
     dome_l = dome_r - rng.uniform(0.8, 2.2)
-    hc = np.array([1.2 + rng.normal(0, 0.4), 2.8, dome_r - 4.0])
-    hax = np.array([6.0, 5.8, 5.2]) * rng.normal(1.0, 0.04) * size
-    hrot = rot_xyz(0.0, np.deg2rad(rng.normal(-38, 5)), np.deg2rad(rng.normal(25, 5)))
+    hc = np.array([1.6 + rng.normal(0, 0.4), 1.8, dome_r + 1.0])
+    hax = np.array([6.0, 6.6, 5.0]) * rng.normal(1.0, 0.04) * size
+    hrot = rot_xyz(0.0, np.deg2rad(rng.normal(-45, 5)), np.deg2rad(rng.normal(25, 5)))
     return Patient(
         patient_id=patient_id, sex=sex, body_a=float(a), body_b=float(b),
         lung_top=float(9.0 + rng.normal(0, 0.5)), lung_h=float(13.0 + rng.normal(0, 1.0)),
         dome_right=float(dome_r), dome_left=float(dome_l),
-        lung_floor=float(dome_l - rng.uniform(5.5, 7.0)), medi=float(2.2 + rng.normal(0, 0.2)),
+        lung_floor=float(dome_l - rng.uniform(7.5, 8.5)), medi=float(2.2 + rng.normal(0, 0.2)),
         heart_center=hc, heart_axes=hax, heart_rot=hrot, carina_z=float(rng.normal(-1.0, 0.7)),
         rib_spacing=float(2.45 * size + rng.normal(0, 0.08)), rib1_z=float(10.3 + rng.normal(0, 0.4)),
         fat=fat, breast=float(rng.uniform(0.6, 1.2)) if sex == "F" else 0.0,
-        seed=int(rng.integers(2**31)), vessel_seed=int(rng.integers(2**31)),
+        seed=int(rng.integers(2**31)), vessel_seed=int(rng.integers(2**31)), bubble=float(rng.uniform(0.5, 1.2)),
     )
 
 
 def heart_geometry(p: Patient, state: FindingState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = 1.0 + state.cardiomegaly
-    axes = p.heart_axes * np.array([s, 1 + 0.7 * (s - 1), 1 + 0.45 * (s - 1)])
+    axes = p.heart_axes * np.array([s, 1 + 0.5 * (s - 1), 1 + 0.4 * (s - 1)])
     c = p.heart_center + np.array([0.9 * (s - 1) * p.heart_axes[0], 0.0, 0.25 * (s - 1) * p.heart_axes[2]])
     return c, axes, p.heart_rot
 
@@ -201,37 +207,44 @@ def build_devices(p: Patient, st: FindingState) -> list[Device]:
     return out
 
 
-def vessel_tree(p: Patient, inside, rng: np.random.Generator) -> tuple[list[np.ndarray], list[float]]:
-    """Random branching pulmonary vessels from each hilum; ``inside(pts) -> bool`` keeps them in lung."""
-    segs, radii = [], []
+def vessel_tree(p: Patient, inside, rng: np.random.Generator, roots: int = 11, depth: int = 7):
+    """Random branching pulmonary vessels from each hilum, generated a generation at a time (vectorised).
+
+    ``inside(pts [N, 3]) -> bool [N]`` keeps vessels in the aerated lung. Returns ``(nodes [S, 5, 3],
+    n_valid [S], radius [S])``: each segment is a 4-step random walk; nodes past ``n_valid`` are unused.
+    """
+    starts, dirs = [], []
     for side in SIDES:
         sg = SGN[side]
-        hilum = np.array([sg * (p.medi + 2.5), -0.5, p.carina_z - 3.5])
-        stack = []
-        for k in range(9):
-            ang = rng.uniform(-1.25, 1.35) * np.pi * 0.5 + (np.pi * 0.5 if k % 2 else -np.pi * 0.5) * 0.35
-            d = np.array([sg * abs(np.cos(ang)) * 1.0, rng.normal(0, 0.45), np.sin(ang) * 1.1])
-            if k >= 6:
-                d[2] = -abs(d[2]) - 0.4
-            stack.append((hilum.copy(), d / np.linalg.norm(d), 0.42, 0))
-        while stack:
-            pt, d, r, depth = stack.pop()
-            ln = 3.2 * r / 0.42 + 1.0
-            nodes = [pt]
-            for _ in range(4):
-                d = d + rng.normal(0, 0.12, 3)
-                d /= np.linalg.norm(d)
-                nodes.append(nodes[-1] + d * ln / 4)
-            nodes = np.array(nodes)
-            ok = inside(nodes)
-            if not ok[1:].any():
-                continue
-            last = int(np.argmax(~ok[1:])) + 1 if not ok[1:].all() else len(nodes)
-            if last >= 2:
-                segs.append(nodes[:last])
-                radii.append(r)
-            if last == len(nodes) and r > 0.09 and depth < 7:
-                for _ in range(2):
-                    nd = d + rng.normal(0, 0.45, 3)
-                    stack.append((nodes[-1], nd / np.linalg.norm(nd), r * 0.74, depth + 1))
-    return segs, radii
+        hilum = np.array([sg * (p.medi + 2.3), -0.5, p.carina_z - 3.5])
+        ang = np.linspace(-0.55, 0.6, roots) * np.pi + rng.normal(0, 0.08, roots)
+        d = np.stack([sg * np.abs(np.cos(ang)) * 0.9 + 0.15 * sg, rng.normal(0, 0.5, roots), np.sin(ang) * 1.2], 1)
+        starts.append(np.repeat(hilum[None], roots, 0))
+        dirs.append(d)
+    pts = np.concatenate(starts)
+    d = np.concatenate(dirs)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    r = np.full(len(pts), 0.36)
+    out_nodes, out_n, out_r = [], [], []
+    for _ in range(depth):
+        if len(pts) == 0:
+            break
+        ln = (2.6 * r / 0.36 + 0.8)[:, None]
+        steps = d[:, None, :] + np.cumsum(rng.normal(0, 0.13, (len(pts), 4, 3)), axis=1)
+        steps /= np.linalg.norm(steps, axis=2, keepdims=True)
+        nodes = np.concatenate([pts[:, None], pts[:, None] + np.cumsum(steps * (ln[:, :, None] / 4), axis=1)], 1)
+        ok = inside(nodes[:, 1:].reshape(-1, 3)).reshape(-1, 4)
+        n_ok = np.where(ok.all(1), 4, np.argmin(ok, axis=1)) + 1  # nodes kept (start + valid steps)
+        keep = n_ok >= 2
+        out_nodes.append(nodes[keep])
+        out_n.append(n_ok[keep])
+        out_r.append(r[keep])
+        grow = (n_ok == 5) & (r > 0.07)
+        tip, last = nodes[grow, -1], steps[grow, -1]
+        kids = np.concatenate([last, last]) + rng.normal(0, 0.42, (2 * len(tip), 3))
+        d = kids / np.linalg.norm(kids, axis=1, keepdims=True)
+        pts = np.concatenate([tip, tip])
+        r = np.concatenate([r[grow], r[grow]]) * 0.76
+    if not out_nodes:
+        return np.zeros((0, 5, 3)), np.zeros(0, int), np.zeros(0)
+    return np.concatenate(out_nodes), np.concatenate(out_n), np.concatenate(out_r)

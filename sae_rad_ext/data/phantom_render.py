@@ -15,6 +15,7 @@ from scipy import ndimage
 from sae_rad_ext.data.phantom_anatomy import SGN, SIDES, FindingState, Patient, build_devices, heart_geometry
 from sae_rad_ext.data.phantom_geometry import (
     ViewGrid,
+    add_ellipsoid,
     ellipsoid_interval,
     inter,
     length,
@@ -59,8 +60,7 @@ def _lung_terms(p: Patient, st: FindingState, ox, oy, oz, d, heart_iv, cuts):
     """Per-ray lengths of aerated lung, pneumothorax air, pleural fluid and visceral pleura."""
     out = {"lung": 0.0, "ptx": {}, "fluid": {}, "pleura": 0.0, "hull": {}, "collapsed": {}}
     for side in SIDES:
-        dc, dax = p.dome(side)
-        dome_iv = ellipsoid_interval(ox, oy, oz, d, dc, dax)
+        dome_iv = section_interval(ox, oy, d, *p.dome_section(side, oz))
         hd = inter(heart_iv, dome_iv)
 
         def f(x, dome_iv=dome_iv, hd=hd):
@@ -79,11 +79,12 @@ def _lung_terms(p: Patient, st: FindingState, ox, oy, oz, d, heart_iv, cuts):
             coll = coll_in = hull
         eff = st.effusion.get(side, 0.0)
         if eff > 0:
-            level = p.lung_floor + 1.0 + 9.0 * eff
-            g = np.sqrt(np.clip((oz - level) / (2.5 + 3.0 * eff), 0.0, 1.0))
+            dome_top = p.dome_right if side == "right" else p.dome_left
+            level = dome_top - 2.5 + 11.0 * eff
+            g = np.sqrt(np.clip((oz - level) / (3.0 + 5.0 * eff), 0.0, 1.0))
             cx, cy, a, b = p.lung_section(side, oz)
             sg = SGN[side]
-            free = section_interval(ox, oy, d, cx - sg * (1 - g) * a * 0.35, cy + (1 - g) * b * 0.35,
+            free = section_interval(ox, oy, d, cx - sg * (1 - g) * a * 0.5, cy + (1 - g) * b * 0.4,
                                     a * g * 1.02 + 1e-3 * (g > 0), b * g * 1.02 + 1e-3 * (g > 0))
             free = (np.where(g > 0, free[0], 1e9), np.where(g > 0, free[1], -1e9))
             f_hull = f(hull)
@@ -103,8 +104,24 @@ def _lung_terms(p: Patient, st: FindingState, ox, oy, oz, d, heart_iv, cuts):
     return out
 
 
+def _vessels(view: ViewGrid, vessels, size: int) -> np.ndarray:
+    nodes, n_valid, radii = vessels
+    if len(nodes) == 0:
+        return np.zeros((size, size))
+    seg = np.diff(nodes, axis=1)  # [S, 4, 3]
+    seglen = np.linalg.norm(seg, axis=2)
+    m = max(1, int(np.ceil(seglen.max() / (view.px * 0.6))))
+    t = (np.arange(m) + 0.5) / m
+    pts = nodes[:, :-1, None, :] + t[None, None, :, None] * seg[:, :, None, :]  # [S, 4, m, 3]
+    valid = np.arange(4)[None, :] < (n_valid[:, None] - 1)
+    w = (seglen / m) * valid * (np.pi * radii[:, None] ** 2 * MU_SOFT * 1.1)
+    w = np.repeat(w[:, :, None], m, axis=2)
+    v = splat(view, pts.reshape(-1, 3), w.reshape(-1))
+    return ndimage.gaussian_filter(v, 0.75 * size / 224)
+
+
 def render_view(p: Patient, st: FindingState, acq: Acquisition, size: int, rng: np.random.Generator,
-                vessels: tuple[list[np.ndarray], list[float]]) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+                vessels) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """One radiograph (uint8 ``[size, size]``), its masks, and measurements (CTR, tips in pixels)."""
     kind = "lateral" if acq.view in ("LATERAL", "LL") else "frontal"
     view = make_view(size, FOV, kind, acq.yaw, acq.roll, acq.shift)
@@ -119,69 +136,69 @@ def render_view(p: Patient, st: FindingState, acq: Acquisition, size: int, rng: 
     if p.breast > 0:
         for side in SIDES:
             c = np.array([SGN[side] * 8.0, p.body_b * 0.8, p.dome_right - 1.5])
-            P += MU_SOFT * 0.4 * length(ellipsoid_interval(ox, oy, oz, d, c, np.array([6.0, 4.0, 5.5]) * p.breast))
+            add_ellipsoid(P, view, c, np.array([6.0, 4.0, 5.5]) * p.breast, MU_SOFT * 0.4)
     # heart and mediastinal cuts out of the lungs
     hc, hax, hrot = heart_geometry(p, st)
     if acq.view == "AP":
         hax = hax * np.array([1.07, 1.0, 1.04])
     heart_iv = ellipsoid_interval(ox, oy, oz, d, hc, hax, hrot)
     knob = ellipsoid_interval(ox, oy, oz, d, np.array([2.6, -1.0, p.carina_z + 2.2]), np.array([1.7, 2.4, 1.6]))
-    svc = ellipsoid_interval(ox, oy, oz, d, np.array([-2.3, 0.3, p.carina_z + 1.5]), np.array([1.4, 1.4, 5.5]))
-    desc = ellipsoid_interval(ox, oy, oz, d, np.array([2.2, -4.2, -9.0]), np.array([1.3, 1.3, 11.0]))
-    terms = _lung_terms(p, st, ox, oy, oz, d, heart_iv, [knob, svc, desc])
+    terms = _lung_terms(p, st, ox, oy, oz, d, heart_iv, [knob])
     P -= MU_SOFT * (1 - RHO_LUNG) * terms["lung"]
     for side, v in terms["ptx"].items():
         P -= MU_SOFT * v
-        masks[f"pneumothorax_{side}"] = v > 0.4
-    P += MU_SOFT * 1.8 * terms["pleura"]
+        masks[f"pneumothorax_{side}"] = v > 1.2
+    P += MU_SOFT * 1.0 * terms["pleura"]
     for side, v in terms["fluid"].items():
         masks[f"pleural_effusion_{side}"] = v > 0.6
-    # consolidation: nested ellipsoids (soft edge) inside the aerated lung
+    # consolidation: lobulated clusters of nested ellipsoids (soft edges) inside the aerated lung
     for side, _zone, c, ax in st.opacity:
         coll = terms["collapsed"][side]
-        tot = np.zeros_like(P)
-        for k, sc in enumerate((1.0, 0.8, 0.6)):
-            ln = length(inter(ellipsoid_interval(ox, oy, oz, d, c, ax * sc), coll))
-            tot += ln
-            if k == 0:
-                key = f"lung_opacity_{side}"
-                masks[key] = masks.get(key, np.zeros_like(ln, bool)) | (ln > 0.8)
-        P += MU_SOFT * (0.85 - RHO_LUNG) * tot / 3.0
-    # airway
+        box = view.bbox(c, float(np.max(ax)) * 1.6)
+        if box is None:
+            continue
+        r0, r1, c0, c1 = box
+        sub = (coll[0][r0:r1, c0:c1], coll[1][r0:r1, c0:c1])
+        bx, by, bz = ox[r0:r1, c0:c1], oy[r0:r1, c0:c1], oz[r0:r1, c0:c1]
+        tot = np.zeros(sub[0].shape)
+        key = f"lung_opacity_{side}"
+        mk = masks.setdefault(key, np.zeros((size, size), bool))
+        lob = np.random.default_rng(int(abs(c[0] * 1000 + c[2] * 37)) % 2**31)
+        for j in range(3):
+            cj = c + (lob.normal(0, 0.35, 3) * ax if j else 0)
+            axj = ax * (1.0 if j == 0 else lob.uniform(0.55, 0.8))
+            for k, (sc, w) in enumerate(((1.0, 0.5), (0.8, 0.45), (0.55, 0.4))):
+                ln = length(inter(ellipsoid_interval(bx, by, bz, d, cj, axj * sc), sub))
+                tot += w * ln
+                if k == 0:
+                    mk[r0:r1, c0:c1] |= ln > 0.8
+        P[r0:r1, c0:c1] += MU_SOFT * (1.0 - RHO_LUNG) * np.minimum(tot, 12.0)
+    # airway, gastric bubble
     car = np.array([0.0, -0.8, p.carina_z])
     P += tube_projection(view, [np.array([[0.0, -1.5, 22.0], [0.0, -1.0, 8.0], car])], 0.85, -MU_SOFT)
     P += tube_projection(view, [np.array([car, car + [-2.2, 0.2, -2.2]]), np.array([car, car + [3.8, 0.2, -2.6]])],
                          0.55, -MU_SOFT * 0.9)
+    add_ellipsoid(P, view, np.array([6.5, 0.5, p.dome_left - 2.6]), np.array([2.6, 2.4, 1.4]) * p.bubble, -0.8 * MU_SOFT)
     # hila (pulmonary arteries) + vessels
     for side in SIDES:
         c = np.array([SGN[side] * (p.medi + 1.6), -0.3, p.carina_z - 3.5])
-        P += MU_SOFT * 0.8 * length(ellipsoid_interval(ox, oy, oz, d, c, np.array([1.5, 1.6, 2.6])))
-    segs, radii = vessels
-    if segs:
-        from sae_rad_ext.data.phantom_geometry import polyline_points
-
-        pts, wts = [], []
-        for s, r in zip(segs, radii, strict=True):
-            q, w = polyline_points(s, view.px * 0.5)
-            pts.append(q)
-            wts.append(w * np.pi * r * r * MU_SOFT * 0.95)
-        v = splat(view, np.concatenate(pts), np.concatenate(wts))
-        P += ndimage.gaussian_filter(v, 0.9 * size / 224)
+        add_ellipsoid(P, view, c, np.array([1.5, 1.6, 2.6]), MU_SOFT * 0.8)
+    P += _vessels(view, vessels, size)
     # bones
-    P += _spine(p, ox, oy, oz, d)
+    P += _spine(p, view)
     ribs = p.ribs()
     k = ribs[0].shape[0] * 9 // 20
-    P += tube_projection(view, [r[: k + 1] for r in ribs], 0.55, MU_BONE * 0.8, hollow=0.62)
-    P += tube_projection(view, [r[k:] for r in ribs], 0.55, MU_BONE * 0.4, hollow=0.62)
+    P += tube_projection(view, [r[: k + 1] for r in ribs] + [r[k:] for r in ribs], 0.55,
+                         [MU_BONE * 0.8] * len(ribs) + [MU_BONE * 0.4] * len(ribs), hollow=0.62)
     P += tube_projection(view, p.clavicles(), 0.7, MU_BONE, hollow=0.55)
     for side in SIDES:
         sg = SGN[side]
         rs = rot_xyz(0.0, 0.0, sg * 0.5)
         sc = np.array([sg * (p.body_a - 1.5), -p.body_b * 0.55, p.rib1_z - 6.5])
-        P += MU_BONE * 0.5 * length(ellipsoid_interval(ox, oy, oz, d, sc, np.array([4.2, 0.7, 7.0]), rs))
+        add_ellipsoid(P, view, sc, np.array([4.2, 0.7, 7.0]), MU_BONE * 0.5, rs)
         if kind == "frontal":
             hh = np.array([sg * (p.body_a * 1.18 + 1.0), -1.0, p.rib1_z - 0.5])
-            P += MU_BONE * 0.7 * length(ellipsoid_interval(ox, oy, oz, d, hh, np.array([2.7, 2.7, 2.9])))
+            add_ellipsoid(P, view, hh, np.array([2.7, 2.7, 2.9]), MU_BONE * 0.7)
     # devices
     dev_masks: dict[str, np.ndarray] = {}
     for dev in build_devices(p, st):
@@ -190,8 +207,7 @@ def render_view(p: Patient, st: FindingState, acq: Acquisition, size: int, rng: 
             proj = proj * 0.5 + tube_projection(view, dev.curves, 0.1, MU_METAL * 0.6)
         if dev.generator is not None:
             gc, gax = dev.generator
-            gen = MU_METAL * length(ellipsoid_interval(ox, oy, oz, d, gc, gax))
-            proj = proj + np.minimum(gen, 3.5)
+            add_ellipsoid(proj, view, gc, gax, MU_METAL, cap=1.2)
         m = ndimage.binary_dilation(proj > 0.08, iterations=max(1, size // 112))
         key = "pacemaker" if dev.kind in ("pacemaker", "icd") else dev.kind
         dev_masks[key] = dev_masks.get(key, np.zeros_like(m)) | m
@@ -212,20 +228,30 @@ def render_view(p: Patient, st: FindingState, acq: Acquisition, size: int, rng: 
     return img, masks, info
 
 
-def _spine(p: Patient, ox, oy, oz, d) -> np.ndarray:
-    """Vertebral bodies (cortex + cancellous), pedicles and spinous processes, C6 to L2."""
-    out = np.zeros_like(ox)
+def _spine(p: Patient, view: ViewGrid) -> np.ndarray:
+    """Vertebral bodies (cortex + cancellous), pedicles and spinous processes, C6 to L2 (column band only)."""
+    size = view.size
+    out = np.zeros((size, size))
+    _, col = view.to_pixel(np.array([0.0, -6.5, 0.0]))
+    half = int(np.ceil(6.0 / view.px)) + 2
+    c0, c1 = max(0, int(col) - half), min(size, int(col) + half + 1)
+    if c0 >= c1:
+        return out
+    ox, oy, oz = view.coords(0, size, c0, c1)
+    d = view.d
+    sub = np.zeros(ox.shape)
     body_o = length(section_interval(ox, oy, d, 0.0, -5.6, 2.1, 1.8))
     body_i = length(section_interval(ox, oy, d, 0.0, -5.6, 1.75, 1.45))
     period = p.rib_spacing * 1.02
     phase = np.mod(oz - (p.rib1_z + 0.9), period) / period
-    vert = (phase > 0.16) & (oz < p.rib1_z + 6.0)
-    out += MU_BONE * 0.28 * (body_o - 0.55 * body_i) * vert
+    top = oz < p.rib1_z + 6.0
+    sub += MU_BONE * 0.28 * (body_o - 0.55 * body_i) * ((phase > 0.16) & top)
     for sx in (-1.6, 1.6):
         ped = section_interval(ox, oy, d, sx, -7.6, 0.55, 1.1)
-        out += MU_BONE * 0.3 * length(ped) * (phase > 0.35) * (phase < 0.75) * (oz < p.rib1_z + 6.0)
+        sub += MU_BONE * 0.3 * length(ped) * ((phase > 0.35) & (phase < 0.75) & top)
     sp = section_interval(ox, oy, d, 0.0, -9.3, 0.55, 1.6)
-    out += MU_BONE * 0.2 * length(sp) * (phase > 0.05) * (phase < 0.55) * (oz < p.rib1_z + 6.0)
+    sub += MU_BONE * 0.2 * length(sp) * ((phase > 0.05) & (phase < 0.55) & top)
+    out[:, c0:c1] = sub
     return out
 
 

@@ -97,7 +97,7 @@ def _effusion(rng, truth, prior, change):
         return _c(rng, [f"Unchanged {sw} {side} pleural {plural}.", f"Stable {sw} {side} pleural {plural}.",
                         f"{_cap(sw)} {side} pleural {plural}, unchanged."]), 1
     base = [f"{_cap(sw)} {side} pleural {plural}.", f"There is a {sw} {side} pleural {plural}.",
-            f"{_cap(sw)} {side} pleural {plural} with adjacent atelectasis."]
+            f"{_cap(side)} pleural {plural}, {sw} in size."]
     if size in ("moderate", "large") and side != "bilateral":
         base.append(f"{_cap(sw)} {side} pleural effusion layering along the lateral chest wall with a meniscus.")
     return _c(rng, base), 1
