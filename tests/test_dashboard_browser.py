@@ -73,6 +73,10 @@ def test_dashboard_in_chromium(browser, tmp_path):
     assert page.evaluate("window.__pwned") is None
     assert page.locator("#hist svg rect").count() > 0
     page.screenshot(path=str(tmp_path / "feature.png"), full_page=True)
+    page.goto((tmp_path / "site" / "features" / "0.html").as_uri())
+    steer = page.locator("img[alt='steering plot']")
+    steer.wait_for()
+    assert page.evaluate("img => img.complete && img.naturalWidth", steer.element_handle()) > 0
     assert not errors, errors
     assert (tmp_path / "index.png").stat().st_size > 0 and (tmp_path / "feature.png").stat().st_size > 0
     page.close()

@@ -370,6 +370,7 @@ def test_html_escapes_everything(demo, tmp_path):
     assert "<img src=x" not in all_html and "&lt;img src=x onerror=alert(1)&gt;" in page1
     assert all_html.count("<script>") == 1  # only the index's own search script
     assert "&lt;frontal r" in page0 and 'class="heatmap"' in page0
+    assert 'alt="steering plot"' in page0 and (tmp_path / "img" / "f0_steering.png").is_file()
     imgs = list((tmp_path / "img").glob("*.png"))
     assert len(imgs) >= 3 * len(run)
     from PIL import Image
@@ -462,3 +463,11 @@ def test_records_through_hooked_maira2_unembedding():
     assert r.top_logits[0][1] == pytest.approx(float(logits[3].max()), rel=1e-4)
     top_id = int(logits[3].argmax())
     assert r.top_logits[0][0] == h.tokenizer.convert_ids_to_tokens(top_id).replace("▁", " ").replace("Ġ", " ")
+
+
+def test_html_for_weights_only_run(tmp_path):
+    run = records_from_sae(_sae(d_sae=8), _Model())
+    index = build_site(run, tmp_path)
+    page = (tmp_path / "features" / "3.html").read_text()
+    assert "no explanation yet" in page and "Logits (W_dec · W_U)" in page
+    assert index.read_text().count('class="feat"') == 8

@@ -71,6 +71,23 @@ def _blob(r: int, c: int, grid: int = 37, sigma: float = 3.0, peak: float = 1.0)
     return (peak * np.exp(-((y - r) ** 2 + (x - c) ** 2) / (2 * sigma**2))).round(4).tolist()
 
 
+def _steering_plot(path: Path, concept: str) -> None:
+    """A small made-up steering figure (strength vs. how often the generated report mentions ``concept``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strengths = np.linspace(-8, 8, 9)
+    fig, ax = plt.subplots(figsize=(4, 2.4), dpi=80)
+    ax.plot(strengths, 1 / (1 + np.exp(-(strengths - 1) / 1.5)), marker="o")
+    ax.set_xlabel("steering strength (synthetic)")
+    ax.set_ylabel(f"P(report mentions\n{concept})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def demo_run(sae: Any, out_dir: str | Path, model: Any = None, n_features: int = 12, seed: int = 0) -> InterpretationRun:
     """Weights-only records of ``sae`` (first ``n_features`` latents) filled with synthetic statistics,
     image/text examples, explanations and concept scores; saved to ``out_dir`` and returned."""
@@ -126,6 +143,8 @@ def demo_run(sae: Any, out_dir: str | Path, model: Any = None, n_features: int =
             ConceptScore(concept, f1=round(f1, 3), auroc=round(min(1.0, f1 + 0.05), 3), precision=round(f1, 3), recall=round(f1, 3), iou=round(f1 * 0.6, 3), positions="image"),
             ConceptScore(CONCEPTS[(r.index + 1) % len(CONCEPTS)], f1=0.2, auroc=0.55, positions="image"),
         ]
+    _steering_plot(out / "steering_f0.png", CONCEPTS[0])
+    run.records[0].steering_plot = "steering_f0.png"
     run.meta.update({"synthetic": True, "dataset": "synthetic demo (made-up statistics)", "n_studies": 64, "context_size": 128, "positions": "maira2_sae_paper"})
     run.save(out)
     return run

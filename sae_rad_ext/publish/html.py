@@ -177,6 +177,7 @@ class _Site:
         (out / "img").mkdir(parents=True, exist_ok=True)
         self.present = {r.index for r in run.records}
         self.first_thumb: dict[int, str] = {}
+        self._images: dict[str, np.ndarray] = {}
 
     def _copy(self, src: str | None, name: str) -> str | None:
         p = self.run.resolve(src)
@@ -193,9 +194,17 @@ class _Site:
         if ex.patch_map is None:
             return None
         img_path = self.run.resolve(ex.image_path)
-        image = load_image(img_path) if img_path is not None and img_path.is_file() else None
+        image = self._image(img_path) if img_path is not None and img_path.is_file() else None
         render_overlay(image, ex.patch_map, self.out / "img" / f"{name}.png", vmax=vmax)
         return f"../img/{name}.png"
+
+    def _image(self, path: Path) -> np.ndarray:
+        key = str(path)
+        if key not in self._images:
+            if len(self._images) > 64:
+                self._images.clear()
+            self._images[key] = load_image(path)
+        return self._images[key]
 
     def _link(self, i: int, value: float | None = None) -> str:
         label = f"#{i}" + (f" ({_fmt(value)})" if value is not None else "")
