@@ -1,0 +1,121 @@
+"""Training from image+text studies through SAELens's stock runner (make_runner)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _studies import random_studies
+from sae_lens import SAE, BatchTopKTrainingSAEConfig, LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.training.activation_scaler import ActivationScaler
+from sae_rad_ext.adapters.hooked import HookedMaira2
+
+from sae_rad_ext.data.phantom import generate_studies
+from sae_rad_ext.training import EVAL_MASK_TOKEN, StudySAETrainingRunner, make_runner
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return HookedMaira2.tiny(seed=0)
+
+
+def _cfg(tmp_path, steps: int, sae=None, **kw) -> LanguageModelSAERunnerConfig:
+    base = dict(
+        sae=sae or BatchTopKTrainingSAEConfig(d_in=128, d_sae=128, k=8, normalize_activations="expected_average_only_in"),
+        hook_name=HOOK, context_size=128, store_batch_size_prompts=4, n_batches_in_buffer=4,
+        train_batch_size_tokens=64, training_tokens=64 * steps, n_batches_for_norm_estimate=3,
+        logger=LoggingConfig(log_to_wandb=True, wandb_log_frequency=5, eval_every_n_wandb_logs=2),  # WANDB_MODE=disabled
+        n_eval_batches=1, eval_batch_size_prompts=2, checkpoint_path=str(tmp_path / "ckpt"),
+        output_path=str(tmp_path / "out"), device="cpu", verbose=False,
+    )
+    base.update(kw)
+    return LanguageModelSAERunnerConfig(**base)
+
+
+def _phantoms():
+    return generate_studies(8, seed=3, image_size=112)
+
+
+def test_stock_runner_trains_from_studies_with_metadata(model, tmp_path):
+    runner = make_runner(_cfg(tmp_path, steps=25, n_checkpoints=1), model, _phantoms,
+                         positions="maira2_sae_paper_with_images", data_description="phantom:n=8,seed=3")
+    assert isinstance(runner, StudySAETrainingRunner)
+    sae = runner.run()
+    md = json.loads((tmp_path / "out" / "cfg.json").read_text())["metadata"]
+    assert md["hook_name"] == HOOK and md["model_name"] == "tiny-maira2"
+    assert md["model_class_name"] == "HookedMaira2"
+    assert md["position_selection"] == "maira2_sae_paper_with_images"
+    assert md["dataset_path"] == "phantom:n=8,seed=3"
+    assert {"image:frontal", "report", "all"} <= set(md["role_norms"])
+    assert md["role_norms"]["image:frontal"]["count"] > 0
+    # the stock checkpoint layout, with our store state
+    ckpts = list((tmp_path / "ckpt").glob("*/*/activations_store_state.safetensors"))
+    assert ckpts and json.loads((ckpts[0].parent / "cfg.json").read_text())["metadata"]["role_norms"]
+    loaded = SAE.load_from_disk(str(tmp_path / "out"))
+    assert loaded.cfg.metadata.hook_name == HOOK and loaded.cfg.d_sae == sae.cfg.d_sae
+
+
+def test_stock_evals_run_on_image_batches(model, tmp_path):
+    runner = make_runner(_cfg(tmp_path, steps=5), model, lambda: random_studies(4), positions="report")
+    tokens = runner.activations_store.get_batch_tokens(2)
+    batch = runner.activations_store.eval_batch_for(tokens)
+    keep = batch.roles.mask("report")
+    assert torch.equal(tokens == EVAL_MASK_TOKEN, ~keep)  # non-selected positions are masked for the evals
+    runner.activations_store.reset_input_dataset()
+    runner._set_sae_metadata()  # what run() does first
+    metrics = runner.evaluator(runner.sae, runner.activations_store, ActivationScaler())
+    assert 0 < metrics["model_performance_preservation"]["ce_loss_without_sae"] < 20
+    assert metrics["token_stats"]["total_tokens_eval_sparsity_variance"] > 0
+    assert "explained_variance" in metrics["reconstruction_quality"]
+
+
+def test_resume_fast_forwards_the_study_stream(model, tmp_path):
+    cfg = _cfg(tmp_path, steps=12, n_checkpoints=1)
+    runner = make_runner(cfg, model, lambda: random_studies(6), positions="all")
+    runner.run()
+    ckpt = sorted((tmp_path / "ckpt").glob("*/*/trainer_state.pt"))[0].parent
+    cfg2 = _cfg(tmp_path / "b", steps=12, resume_from_checkpoint=str(ckpt))
+    r2 = make_runner(cfg2, model, lambda: random_studies(6), positions="all")
+    r2.activations_store.load_from_checkpoint(ckpt)
+    saved = runner.activations_store  # the first run consumed at least the checkpoint's studies
+    assert 0 < r2.activations_store.n_dataset_processed <= saved.n_dataset_processed
+    r2.run()  # continues from the checkpoint's step to training_tokens
+
+
+def test_matryoshka_architecture_trains_through_make_runner(model, tmp_path):
+    import sae_rad_ext
+    from sae_rad_ext import RadMatryoshkaBatchTopKTrainingSAEConfig
+
+    sae_cfg = RadMatryoshkaBatchTopKTrainingSAEConfig(d_in=128, d_sae=128, k=8, group_sizes=[32, 32, 64],
+                                                      threshold_start_step=5)
+    runner = make_runner(_cfg(tmp_path, steps=10, sae=sae_cfg), model, _phantoms, positions="maira2_sae_paper_with_images")
+    runner.run()
+    cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert cfg["architecture"] in (sae_rad_ext.MATRYOSHKA_ARCHITECTURE, cfg["architecture"])
+    assert cfg["metadata"]["position_selection"] == "maira2_sae_paper_with_images"
+
+
+@pytest.mark.slow
+def test_few_hundred_steps_explained_variance_rises(model, tmp_path):
+    cfg = _cfg(tmp_path, steps=300, logger=LoggingConfig(log_to_wandb=False), lr=4e-3,
+               sae=BatchTopKTrainingSAEConfig(d_in=128, d_sae=256, k=16, normalize_activations="expected_average_only_in"))
+    runner = make_runner(cfg, model, lambda: generate_studies(24, seed=5, image_size=112),
+                         positions="maira2_sae_paper_with_images")
+    from sae_rad_ext.activations import iter_activations
+
+    x = torch.cat([b.acts for b in iter_activations(model, generate_studies(4, seed=99, image_size=112), HOOK,
+                                                    positions="maira2_sae_paper_with_images")])
+
+    def ev(sae):
+        with torch.no_grad():
+            rec = sae.decode(sae.encode(x))
+        return 1 - (x - rec).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+
+    before = ev(runner.sae)
+    sae = runner.run()
+    after = ev(sae)
+    print(f"explained variance on held-out phantom studies: {before:.3f} -> {after:.3f}")
+    assert after > before + 0.3 and after > 0.6
