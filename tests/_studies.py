@@ -12,7 +12,7 @@ def random_studies(n: int = 6, seed: int = 0, size: int = 64) -> list[Study]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        img = lambda: rng.integers(0, 255, (size, size + 8 * (i % 3)), dtype=np.uint8)  # noqa: E731
+        img = lambda w=size + 8 * (i % 3): rng.integers(0, 255, (size, w), dtype=np.uint8)  # noqa: E731
         out.append(Study(
             study_id=f"r{seed}-{i}",
             frontal=img(),
