@@ -67,7 +67,7 @@ REMAINDER_FILENAME = "remainder.safetensors"
 FORMAT = "sae-rad-ext activation cache v1"
 KILL_ENV = "SAE_RAD_CACHE_KILL_AFTER"
 """Testing aid: ``"<n>"`` SIGKILLs this process right after its n-th shard is recorded; ``"<n>:partial"``
-kills it while the n-th shard is half-written (before the rename)."""
+kills it while the n-th shard is half-written (before the rename); add ``":raise"`` to raise instead."""
 
 ROLE_COLUMNS: dict[str, str] = {
     "token_ids": "int32",
@@ -172,9 +172,12 @@ def _maybe_kill(n_written: int, stage: str) -> None:
     spec = os.environ.get(KILL_ENV)
     if not spec:
         return
-    n, _, mode = spec.partition(":")
-    if int(n) == n_written and (mode or "recorded") == stage:
-        os.kill(os.getpid(), signal.SIGKILL)
+    n, *flags = spec.split(":")
+    if int(n) != n_written or ("partial" in flags) != (stage == "partial"):
+        return
+    if "raise" in flags:
+        raise RuntimeError(f"{KILL_ENV}={spec}: simulated crash ({stage}, shard {n_written})")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---- distributed -----------------------------------------------------------------------------
