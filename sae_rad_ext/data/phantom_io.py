@@ -98,7 +98,10 @@ def iter_studies(n: int, seed: int, workers: int = 1, **kw) -> Iterator[Study]:
     if workers <= 1:
         yield from map(_make, jobs)
         return
-    with get_context("spawn").Pool(workers) as pool:
+    import multiprocessing as mp
+
+    ctx = get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")  # fork: no __main__ guard needed
+    with ctx.Pool(workers) as pool:
         yield from pool.imap(_make, jobs, chunksize=4)
 
 

@@ -67,9 +67,10 @@ def _effusion(rng, truth, prior, change):
     if not any(v > 0 for v in eff.values()):
         if change == "resolved":
             side = _sides(prior["effusion"])
-            return _c(rng, [f"The previously seen {side} pleural effusion has resolved.",
-                            f"Interval resolution of the {side} pleural effusion.",
-                            f"No residual {side} pleural effusion."]), 0
+            eff_s, has = ("effusions", "have") if side == "bilateral" else ("effusion", "has")
+            return _c(rng, [f"The previously seen {side} pleural {eff_s} {has} resolved.",
+                            f"Interval resolution of the {side} pleural {eff_s}.",
+                            f"No residual {side} pleural {eff_s}."]), 0
         if rng.random() < 0.85:
             return _c(rng, ["No pleural effusion.", "There is no pleural effusion.", "No pleural effusions.",
                             "The costophrenic angles are sharp.", "No effusion is seen.",
@@ -79,24 +80,25 @@ def _effusion(rng, truth, prior, change):
     size = size_word(max(eff.values()))
     sw = _c(rng, SIZE_WORDS[size])
     plural = "effusions" if side == "bilateral" else "effusion"
+    a_, there, has = ("", "There are", "have") if side == "bilateral" else ("a ", "There is a", "has")
     if size == "trace" and rng.random() < 0.7:
         return _c(rng, [f"Possible trace {side} pleural {plural}.",
-                        f"Blunting of the {side} costophrenic angle may reflect a tiny {plural.rstrip('s')}.",
-                        f"Cannot exclude a small {side} pleural {plural.rstrip('s')}.",
+                        f"Blunting of the {side} costophrenic {'angles' if a_ == '' else 'angle'} may reflect tiny {plural}.",
+                        f"Cannot exclude small {side} pleural {plural}.",
                         f"Questionable small {side} pleural {plural}."]), -1
     if change == "new":
-        return _c(rng, [f"New {sw} {side} pleural {plural}.", f"Interval development of a {sw} {side} pleural {plural}.",
-                        f"There is a new {sw} {side} pleural {plural}."]), 1
+        return _c(rng, [f"New {sw} {side} pleural {plural}.", f"Interval development of {a_}{sw} {side} pleural {plural}.",
+                        f"{there} new {sw} {side} pleural {plural}."]), 1
     if change == "increased":
         return _c(rng, [f"Increased {side} pleural {plural}, now {sw}.", f"Interval increase in the {side} pleural {plural}.",
-                        f"The {side} pleural {plural} has enlarged and is now {sw}."]), 1
+                        f"The {side} pleural {plural} {has} enlarged."]), 1
     if change == "decreased":
         return _c(rng, [f"Decreased {side} pleural {plural}, now {sw}.", f"Interval decrease in the {sw} {side} pleural {plural}.",
-                        f"The {side} pleural {plural} is smaller, now {sw}."]), 1
+                        f"The {side} pleural {plural} {has} decreased, now {sw}."]), 1
     if change == "unchanged":
         return _c(rng, [f"Unchanged {sw} {side} pleural {plural}.", f"Stable {sw} {side} pleural {plural}.",
                         f"{_cap(sw)} {side} pleural {plural}, unchanged."]), 1
-    base = [f"{_cap(sw)} {side} pleural {plural}.", f"There is a {sw} {side} pleural {plural}.",
+    base = [f"{_cap(sw)} {side} pleural {plural}.", f"{there} {sw} {side} pleural {plural}.",
             f"{_cap(side)} pleural {plural}, {sw} in size."]
     if size in ("moderate", "large") and side != "bilateral":
         base.append(f"{_cap(sw)} {side} pleural effusion layering along the lateral chest wall with a meniscus.")
