@@ -8,7 +8,7 @@ Compared, per N (fp32, CPU unless CUDA is available and --device cuda):
   (dense acts, and ``use_sparse_activations=True``: COO acts → ``torch.sparse.mm``), ``F.embedding_bag``
   (mode="sum", per_sample_weights) as the bandwidth reference, ours ``sparse_decode``;
 * decode forward+backward (grads for W_dec, b_dec and the activations/values), same four + ours with
-  ``reuse_grad_buffer=True``;
+  ``reuse_grad_buffer=False`` (a fresh gradient allocation every step);
 * Matryoshka all-levels decode: SAELens ``matryoshka_batchtopk``'s ``_iterable_decode`` over every level
   (dense and sparse acts) vs ours ``matryoshka_decode``; and the summed per-level loss forward+backward,
   SAELens's formula vs ours ``matryoshka_losses``.
@@ -179,8 +179,8 @@ def run(N, d_in, d_sae, k, widths, repeats, slow_repeats, device, log):
     record("decode_fwd_bwd", "saelens decode (dense acts)", fb_saelens(sae_dense, acts), slow_repeats)
     record("decode_fwd_bwd", "saelens decode (sparse acts)", fb_saelens(sae_sparse, acts_coo), repeats)
     record("decode_fwd_bwd", "embedding_bag autograd", fb_eb, repeats)
-    record("decode_fwd_bwd", "ours sparse_decode", fb_ours(False), repeats)
-    record("decode_fwd_bwd", "ours sparse_decode reuse_grad_buffer", fb_ours(True), repeats)
+    record("decode_fwd_bwd", "ours sparse_decode", fb_ours(True), repeats)
+    record("decode_fwd_bwd", "ours sparse_decode no buffer reuse", fb_ours(False), repeats)
 
     # ---------------- Matryoshka all levels
     mat = make_saelens(d_in, d_sae, k, False, widths=widths, device=device)
@@ -213,8 +213,8 @@ def run(N, d_in, d_sae, k, widths, repeats, slow_repeats, device, log):
         return f
 
     record("matryoshka_loss_fwd_bwd", "saelens levels (dense)", loss_saelens, slow_repeats)
-    record("matryoshka_loss_fwd_bwd", "ours matryoshka_losses", loss_ours(False), repeats)
-    record("matryoshka_loss_fwd_bwd", "ours matryoshka_losses reuse", loss_ours(True), repeats)
+    record("matryoshka_loss_fwd_bwd", "ours matryoshka_losses", loss_ours(True), repeats)
+    record("matryoshka_loss_fwd_bwd", "ours matryoshka_losses no buffer reuse", loss_ours(False), repeats)
     return res
 
 
@@ -230,12 +230,12 @@ RATIOS = [
     ("decode_fwd_bwd", "ours sparse_decode", "dense acts@W_dec", 8.0),
     ("decode_fwd_bwd", "ours sparse_decode", "saelens decode (sparse acts)", None),
     ("decode_fwd_bwd", "ours sparse_decode", "embedding_bag autograd", 1.5),
-    ("decode_fwd_bwd", "ours sparse_decode reuse_grad_buffer", "dense acts@W_dec", 8.0),
-    ("decode_fwd_bwd", "ours sparse_decode reuse_grad_buffer", "embedding_bag autograd", 1.5),
+    ("decode_fwd_bwd", "ours sparse_decode no buffer reuse", "dense acts@W_dec", 8.0),
+    ("decode_fwd_bwd", "ours sparse_decode no buffer reuse", "embedding_bag autograd", 1.5),
     ("matryoshka_all_levels", "ours matryoshka_decode", "saelens _iterable_decode (dense)", 10.0),
     ("matryoshka_all_levels", "ours matryoshka_decode", "saelens _iterable_decode (sparse)", None),
     ("matryoshka_loss_fwd_bwd", "ours matryoshka_losses", "saelens levels (dense)", None),
-    ("matryoshka_loss_fwd_bwd", "ours matryoshka_losses reuse", "saelens levels (dense)", None),
+    ("matryoshka_loss_fwd_bwd", "ours matryoshka_losses no buffer reuse", "saelens levels (dense)", None),
 ]
 
 

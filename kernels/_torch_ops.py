@@ -18,6 +18,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ._checks import single_threaded
+
 # the CSR matrices here are internal temporaries; silence torch's one-time "beta" notice for them
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -35,8 +37,9 @@ def decode_csr(idx: torch.Tensor, val: torch.Tensor, offsets: torch.Tensor, W: t
 
 
 def row_ids_from_offsets(offsets: torch.Tensor, nnz: int) -> torch.Tensor:
-    counts = offsets[1:] - offsets[:-1]
-    return torch.repeat_interleave(torch.arange(counts.numel(), device=offsets.device), counts, output_size=nnz)
+    with single_threaded(offsets):
+        counts = offsets[1:] - offsets[:-1]
+        return torch.repeat_interleave(torch.arange(counts.numel(), device=offsets.device), counts, output_size=nnz)
 
 
 def grad_values(idx, row, offsets, W, G, k=None) -> torch.Tensor:
@@ -66,10 +69,11 @@ def _grad_values_chunked(idx, row, W, G) -> torch.Tensor:
 
 def sort_by_latent(idx: torch.Tensor):
     """Permutation sorting entries by latent, the touched latents and their segment offsets."""
-    idx_sorted, perm = torch.sort(idx, stable=True)
-    uniq, counts = torch.unique_consecutive(idx_sorted, return_counts=True)
-    seg = torch.zeros(uniq.numel() + 1, dtype=torch.long, device=idx.device)
-    torch.cumsum(counts, 0, out=seg[1:])
+    with single_threaded(idx):
+        idx_sorted, perm = torch.sort(idx, stable=True)
+        uniq, counts = torch.unique_consecutive(idx_sorted, return_counts=True)
+        seg = torch.zeros(uniq.numel() + 1, dtype=torch.long, device=idx.device)
+        torch.cumsum(counts, 0, out=seg[1:])
     return perm, uniq, seg
 
 
@@ -91,13 +95,12 @@ def grad_weight_dense(idx, val, row, G, out: torch.Tensor, base: int = 0) -> Non
         return
     rel = idx - base if base else idx
     if out.dtype in (torch.float32, torch.float64) and G.device.type == "cpu":
-        rel_sorted, perm = torch.sort(rel)
-        crow = torch.zeros(R + 1, dtype=torch.long, device=idx.device)
-        torch.cumsum(torch.bincount(rel_sorted, minlength=R), 0, out=crow[1:])
-        St = torch.sparse_csr_tensor(
-            crow, row.index_select(0, perm), val.index_select(0, perm).to(out.dtype), (R, G.shape[0]),
-            check_invariants=False,
-        )
+        with single_threaded(rel):
+            rel_sorted, perm = torch.sort(rel)
+            crow = torch.zeros(R + 1, dtype=torch.long, device=idx.device)
+            torch.cumsum(torch.bincount(rel_sorted, minlength=R), 0, out=crow[1:])
+            cols, vals = row.index_select(0, perm), val.index_select(0, perm).to(out.dtype)
+        St = torch.sparse_csr_tensor(crow, cols, vals, (R, G.shape[0]), check_invariants=False)
         torch.addmm(out, St, G.to(out.dtype), beta=0, alpha=1, out=out)
         return
     out.zero_()

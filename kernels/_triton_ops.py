@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from . import _torch_ops
+from ._checks import sort1d
 
 BLOCK_E = 16
 BLOCK_D_MAX = 128
@@ -134,7 +135,7 @@ def grad_weight_dense(idx, val, row, G, out, base: int = 0):
         out.zero_()
         return
     rel = idx - base if base else idx
-    rel_sorted, perm = torch.sort(rel)
+    rel_sorted, perm = sort1d(rel)
     seg = torch.zeros(R + 1, dtype=torch.long, device=idx.device)
     torch.cumsum(torch.bincount(rel_sorted, minlength=R), 0, out=seg[1:])
     _bag_sum(row.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), seg, G.contiguous(), out)

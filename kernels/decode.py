@@ -22,7 +22,7 @@ class _SparseDecodeCSR(torch.autograd.Function):
         prim = ops(backend)
         out = prim.decode_csr(idx, val, offsets, W)
         if b is not None:
-            out = out + b.to(out.dtype)
+            out.add_(b.to(out.dtype))
         ctx.save_for_backward(idx, val, offsets)
         ctx.W = W
         ctx.k, ctx.backend, ctx.reuse, ctx.has_b = k, backend, reuse, b is not None

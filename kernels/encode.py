@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_float, resolve_backend
+from ._checks import check_float, resolve_backend, sort1d
 from ._dispatch import ops
 from ._grad_buffer import grad_buffer
 
@@ -179,7 +179,7 @@ def batch_topk_encode(
             best_v, best_p = v, p
         keep = best_v > 0
         best_v, best_p = best_v[keep], best_p[keep]
-        best_p, order = torch.sort(best_p)
+        best_p, order = sort1d(best_p)
         best_v = best_v.index_select(0, order)
         rows, idx = best_p // d_sae, best_p % d_sae
         offsets = torch.zeros(N + 1, dtype=torch.long, device=x.device)

@@ -14,7 +14,15 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_decoder, check_float, check_index, check_offsets, group_ends_list, resolve_backend
+from ._checks import (
+    check_decoder,
+    check_float,
+    check_index,
+    check_offsets,
+    group_ends_list,
+    resolve_backend,
+    single_threaded,
+)
 from ._dispatch import ops
 from ._grad_buffer import grad_buffer
 from .decode import _SparseDecodeCSR
@@ -43,15 +51,16 @@ def _regroup(idx, offsets, N, ends, group_major: bool):
     ``(perm, bag_offsets [G·N+1])``."""
     G = len(ends)
     nnz = idx.numel()
-    ends_t = torch.tensor(ends, device=idx.device, dtype=torch.long)
-    grp = torch.bucketize(idx, ends_t, right=True)  # latent f is in group g iff ends[g-1] <= f < ends[g]
-    counts = offsets[1:] - offsets[:-1]
-    row = torch.repeat_interleave(torch.arange(N, device=idx.device), counts, output_size=nnz)
-    key = grp * N + row if group_major else row * G + grp
-    key_sorted, perm = torch.sort(key, stable=True)
-    bag_counts = torch.bincount(key_sorted, minlength=G * N)
-    bag_off = torch.zeros(G * N + 1, dtype=torch.long, device=idx.device)
-    torch.cumsum(bag_counts, 0, out=bag_off[1:])
+    with single_threaded(idx):
+        ends_t = torch.tensor(ends, device=idx.device, dtype=torch.long)
+        grp = torch.bucketize(idx, ends_t, right=True)  # latent f is in group g iff ends[g-1] <= f < ends[g]
+        counts = offsets[1:] - offsets[:-1]
+        row = torch.repeat_interleave(torch.arange(N, device=idx.device), counts, output_size=nnz)
+        key = grp * N + row if group_major else row * G + grp
+        key_sorted, perm = torch.sort(key, stable=True)
+        bag_counts = torch.bincount(key_sorted, minlength=G * N)
+        bag_off = torch.zeros(G * N + 1, dtype=torch.long, device=idx.device)
+        torch.cumsum(bag_counts, 0, out=bag_off[1:])
     return perm, bag_off
 
 
@@ -86,7 +95,9 @@ def matryoshka_decode(
         idx.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), bag_off,
         W_dec.contiguous(), None, None, backend, reuse_grad_buffer,
     )  # [G*N, d]: bag g*N + n = row n's latents in group g
-    out = torch.cumsum(partial.view(G, N, d_in), 0)
+    out = partial.view(G, N, d_in)
+    if G > 1:
+        out = out.cumsum_(0)  # in place: one [G, N, d_in] buffer in total
     if b_dec is not None:
         out = out.add_(b_dec.to(out.dtype))
     return out

@@ -216,3 +216,23 @@ def test_cpu_ops_never_touch_triton(monkeypatch):
     out = sparse_decode(r.indices, r.values, W) + matryoshka_decode(r.indices, r.values, W, [5, 10]).sum(0)
     (out.sum() + matryoshka_losses(x, r.indices, r.values, W, [5, 10]).sum()).backward()
     assert seen and set(seen) == {"torch"}
+
+
+def test_bench_kernels_quick_runs(tmp_path):
+    """The benchmark script runs end to end (tiny shapes) and records every comparison."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "bench_kernels.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    run = res["runs"]["8"]
+    assert run["timings"]["decode_fwd"]["ours sparse_decode"]["ms"] > 0
+    assert {r["section"] for r in run["ratios"]} >= {"decode_fwd", "decode_fwd_bwd", "matryoshka_all_levels"}
