@@ -1,0 +1,374 @@
+"""``interpret(model, sae, studies, out)``: the whole pipeline, resumable, writing every output.
+
+Stages (each skipped when its output exists and its inputs' fingerprint matches ``stages.json``):
+
+1. ``scan`` — one streaming pass (``scan/``: statistics, study-level scores per position kind, map/mask
+   overlap; see :mod:`~sae_rad_ext.interpret.scan`);
+2. ``align`` — concept alignment (``alignment.jsonl/.csv``) and RecSAE confidence (``confidence.jsonl``);
+3. ``examples`` — a targeted second model pass over the chosen features' top / quantile-sampled / held-out
+   studies (``examples.jsonl``, ``images/``, ``heatmaps/``);
+4. ``explain`` + ``score`` — explanations (``explanations/{hook}_latent{i}.txt``) and scores with a
+   shuffled-explanation baseline (``scores/<scorer>/{hook}_latent{i}.txt``, delphi's layout);
+5. records — the :class:`~sae_rad_ext.publish.records.InterpretationRun` (``run.json``,
+   ``features.jsonl``, ``arrays.safetensors`` in ``out``), ``features.csv`` (feature, explanation, scores,
+   best concept, F1) and ``summary.json`` (best feature per concept and position kind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.interpret.concepts import AlignmentRow, AlignmentTable, align_concepts, best_feature_per_concept
+from sae_rad_ext.interpret.confidence import Confidence, feature_confidence
+from sae_rad_ext.interpret.assemble import build_records, features_table
+from sae_rad_ext.interpret.scan import MapOverlap, ScanConfig, scan
+from sae_rad_ext.interpret.score import EmbeddingJudge, KeywordJudge, LLMJudge, detection_score, fuzzing_score, shuffled
+from sae_rad_ext.interpret.stats import FeatureStats
+from sae_rad_ext.interpret.store import ScoreStore
+from sae_rad_ext.publish.records import Explanation, FeatureExample, InterpretationRun
+
+__all__ = ["InterpretConfig", "InterpretResult", "interpret"]
+
+
+@dataclass
+class InterpretConfig:
+    """Options of :func:`interpret` (the CLI's flags)."""
+
+    hook_name: str | None = None
+    """Hook the SAE reads; default: the SAE's ``cfg.metadata.hook_name``."""
+    stats_positions: str = "all"
+    concepts: tuple[str, ...] = (*FINDINGS, "no_finding")
+    batch_size: int = 4
+    generate: bool = True
+    max_new_tokens: int = 96
+    top_n: int = 20
+    holdout_fraction: float = 0.5
+    max_features: int = 256
+    """Features that get examples, explanations and scores (best-aligned and most frequent first)."""
+    n_examples: int = 10
+    n_detect: int = 20
+    """Held-out activating and as many silent studies per detection score."""
+    explainer: str = "offline"
+    """``offline`` or ``llm`` (needs an LLM client); a callable passed to :func:`interpret` overrides it."""
+    scorers: tuple[str, ...] = ("detection", "fuzzing")
+    """Any of ``detection``, ``fuzzing``, ``embedding``, ``llm``."""
+    heatmaps: bool = True
+    seed: int = 0
+
+    def scan_config(self, hook: str) -> ScanConfig:
+        return ScanConfig(hook_name=hook, stats_positions=self.stats_positions, concepts=tuple(self.concepts),
+                          batch_size=self.batch_size, generate=self.generate, max_new_tokens=self.max_new_tokens,
+                          top_n=self.top_n, holdout_fraction=self.holdout_fraction)
+
+
+@dataclass
+class InterpretResult:
+    """What :func:`interpret` produced (everything is also on disk under ``out``)."""
+
+    out: Path
+    run: InterpretationRun
+    stats: FeatureStats
+    alignment: AlignmentTable
+    best: dict[str, AlignmentRow]
+    """Concept → fit-chosen best feature over the non-leaking kinds (holdout metrics)."""
+    best_by_kind: dict[str, dict[str, AlignmentRow]]
+    """Kind → concept → best feature in that kind (``report_tf`` included, marked as leaking)."""
+    confidence: dict[int, Confidence]
+    explanations: dict[int, Explanation]
+    scores: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """Feature → scorer → metrics (``…_shuffled`` keys for the baseline)."""
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sae_fingerprint(sae: Any) -> str:
+    w = sae.W_enc.detach().float()
+    return _fingerprint(sae.cfg.to_dict() if hasattr(sae.cfg, "to_dict") else str(sae.cfg),
+                        float(w.sum()), float(w.abs().sum()), float(sae.W_dec.detach().float().sum()))
+
+
+def _iter(studies: Any) -> Iterable[Study]:
+    if callable(studies) and not hasattr(studies, "__iter__"):
+        return studies()
+    if hasattr(studies, "reopen"):
+        return studies.reopen()
+    return iter(studies)
+
+
+class _Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.p = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), transient=False)
+            self.p.start()
+
+    def task(self, name: str, total: int | None) -> Callable[[int], None]:
+        if self.p is None:
+            return lambda n: None
+        t = self.p.add_task(name, total=total)
+        return lambda n: self.p.advance(t, n)
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+
+def interpret(model: Any, sae: Any, studies: Sequence[Study] | Callable[[], Iterable[Study]] | Any,
+              out: str | Path, cfg: InterpretConfig | None = None, *, explainer: Callable | None = None,
+              llm_client: Any = None, embedder: Any = None, studies_key: str | None = None, processor: Any = None,
+              progress: bool = False) -> InterpretResult:
+    """Run the pipeline on ``studies`` (a list, a zero-argument factory, or a reader with ``reopen()``;
+    iterated twice: the scan and the targeted examples pass).
+
+    ``studies_key`` names the study source for resumption (a list's study ids are used when omitted; a
+    factory without a key always re-scans). ``explainer`` (``FeatureContext -> str | Explanation``)
+    overrides ``cfg.explainer``; ``llm_client`` (:class:`~sae_rad_ext.interpret.llm_client.ChatClient`)
+    enables the ``llm`` explainer / scorer; ``embedder`` replaces MiniLM in the embedding scorer."""
+    cfg = cfg or InterpretConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hook = cfg.hook_name or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+    if not hook:
+        raise ValueError("no hook name: the SAE's cfg.metadata has no hook_name; pass InterpretConfig(hook_name=...)")
+    if studies_key is None and isinstance(studies, Sequence):
+        studies_key = _fingerprint([s.study_id for s in studies])
+    stages_path = out / "stages.json"
+    stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
+    n_total = len(studies) if isinstance(studies, Sequence) else None
+    ui = _Progress(progress)
+    try:
+        scfg = cfg.scan_config(hook)
+        fp_scan = _fingerprint(_sae_fingerprint(sae), studies_key or f"unkeyed-{id(studies)}", asdict(scfg))
+        scan_dir = out / "scan"
+        if stages.get("scan") != fp_scan or not (scan_dir / "stats.safetensors").is_file():
+            stages.pop("examples", None)
+            acc, overlap = scan(model, sae, _iter(studies), scan_dir, scfg, processor=processor,
+                                progress=ui.task("scan studies", n_total))
+            stats = acc.result()
+            stats.save(scan_dir)
+            overlap.save(scan_dir / "overlap.safetensors")
+            stages["scan"] = fp_scan
+            _write_json(stages_path, stages)
+        stats = FeatureStats.load(scan_dir)
+        overlap = MapOverlap.load(scan_dir / "overlap.safetensors")
+        store = ScoreStore(scan_dir)
+        concepts = list(cfg.concepts)
+        table = align_concepts(store, concepts, overlap=overlap)
+        table.save(out)
+        best = best_feature_per_concept(table)
+        best_by_kind = {k: best_feature_per_concept(table, k, allow_leaks=True) for k in store.kinds}
+        feats = _choose_features(stats, table, best_by_kind, cfg.max_features)
+        fit, hold = store.split_mask("fit"), store.split_mask("holdout")
+        S = store.block("stats")  # [n, d_sae] (study-level; one column per feature)
+        fit_st = [s for s, m in zip(store.studies, fit.tolist(), strict=True) if m]
+        hold_st = [s for s, m in zip(store.studies, hold.tolist(), strict=True) if m]
+        conf = {f: feature_confidence(f, S[fit, f], fit_st, S[hold, f], hold_st, n=cfg.n_detect, seed=cfg.seed)
+                for f in feats}
+        _write_jsonl(out / "confidence.jsonl", [asdict(c) for c in conf.values()])
+        # ---- examples (second, targeted model pass) ----
+        wanted, roles = _wanted_examples(stats, S, store, feats, hold, cfg)
+        fp_ex = _fingerprint(fp_scan, sorted((k, sorted(v)) for k, v in wanted.items()), cfg.heatmaps)
+        if stages.get("examples") != fp_ex or not (out / "examples.jsonl").is_file():
+            from sae_rad_ext.interpret.examples import collect_examples
+
+            ex = collect_examples(model, sae, _iter(studies), wanted, hook, out=out, processor=processor,
+                                  batch_size=cfg.batch_size, heatmaps=cfg.heatmaps,
+                                  progress=ui.task("examples", len(wanted)))
+            _write_jsonl(out / "examples.jsonl", [{"feature": f, **asdict(e)} for (f, _), e in sorted(ex.items())])
+            stages["examples"] = fp_ex
+            _write_json(stages_path, stages)
+        examples: dict[tuple[int, str], FeatureExample] = {}
+        with open(out / "examples.jsonl") as fh:
+            for line in fh:
+                d = json.loads(line)
+                f = d.pop("feature")
+                examples[(f, d["study_id"])] = FeatureExample(**d)
+        # ---- explain + score ----
+        expl, scores = _explain_and_score(cfg, feats, stats, S, store, fit, hold, examples, roles, hook, out,
+                                          explainer, llm_client, embedder, ui)
+        run = build_records(sae, model, stats, table, conf, expl, examples, roles, feats, hook)
+        run.meta.update({"hook_name": hook, "positions": cfg.stats_positions, "n_studies": len(store),
+                         "n_tokens": stats.n_total_positions, "explainer": _explainer_name(cfg, explainer),
+                         "scorers": list(cfg.scorers), "interpretation_config": asdict(cfg)})
+        run.save(out)
+        features_table(out / "features.csv", run, conf)
+        summary = _summary(best, best_by_kind, scores, expl, conf, stats)
+        _write_json(out / "summary.json", summary)
+        return InterpretResult(out, run, stats, table, best, best_by_kind, conf, expl, scores)
+    finally:
+        ui.close()
+
+
+def _explainer_name(cfg: InterpretConfig, explainer: Any) -> str:
+    return "callable" if explainer is not None else cfg.explainer
+
+
+def _choose_features(stats: FeatureStats, table: AlignmentTable, best_by_kind: dict, k: int) -> list[int]:
+    alive = set(torch.nonzero(stats.fire_count > 0).flatten().tolist())
+    must = [r.feature for by in best_by_kind.values() for r in by.values() if r.feature in alive]
+    key: dict[int, float] = {}
+    for r in table.rows:
+        if r.leaks is None and r.feature in alive:
+            key[r.feature] = max(key.get(r.feature, -1.0), r.fit_f1)
+    freq = stats.frac_nonzero
+    rest = sorted(alive, key=lambda f: (-key.get(f, -1.0), -float(freq[f])))
+    out = list(dict.fromkeys(must + rest))
+    return sorted(out[: max(k, len(set(must)))])
+
+
+def _wanted_examples(stats: FeatureStats, S: torch.Tensor, store: ScoreStore, feats: list[int], hold: torch.Tensor,
+                     cfg: InterpretConfig) -> tuple[dict[str, list[tuple[int, int]]], dict[int, dict[str, list[str]]]]:
+    """Which (feature, position) to collect per study, and per feature which study ids play which part
+    (``top``: published top examples, ``sample``: quantile groups, ``holdout``: fuzzing)."""
+    wanted: dict[str, set[tuple[int, int]]] = {}
+    roles: dict[int, dict[str, list[str]]] = {}
+    ids = stats.study_ids
+    hold_idx = torch.nonzero(hold).flatten()
+    for f in feats:
+        r: dict[str, list[str]] = {"top": [], "sample": [], "holdout": []}
+        for v, si, p in zip(stats.top_values[f].tolist(), stats.top_study[f].tolist(), stats.top_position[f].tolist(),
+                            strict=True):
+            if si >= 0 and v > 0 and len(r["top"]) < cfg.n_examples:
+                wanted.setdefault(ids[si], set()).add((f, p))
+                r["top"].append(ids[si])
+        for v, si, p in zip(stats.sample_values[f].tolist(), stats.sample_study[f].tolist(),
+                            stats.sample_position[f].tolist(), strict=True):
+            if si >= 0 and v > 0 and len(r["sample"]) < 2 * cfg.n_examples:
+                wanted.setdefault(ids[si], set()).add((f, p))
+                r["sample"].append(ids[si])
+        col = S[hold_idx, f]
+        k = min(5, int((col > 0).sum()))
+        for i in hold_idx[col.topk(k).indices].tolist() if k else []:
+            wanted.setdefault(store.studies[i].study_id, set()).add((f, -1))
+            r["holdout"].append(store.studies[i].study_id)
+        roles[f] = r
+    # a study's (feature, -1) pair is redundant when the same feature already has a position there
+    out = {}
+    for sid, pairs in wanted.items():
+        have = {f for f, p in pairs if p >= 0}
+        out[sid] = sorted((f, p) for f, p in pairs if p >= 0 or f not in have)
+    return out, roles
+
+
+def _explain_and_score(cfg, feats, stats, S, store, fit, hold, examples, roles, hook, out, explainer, llm_client,
+                       embedder, ui):
+    from sae_rad_ext.interpret.explain import EnrichmentExplainer, FeatureContext, LLMExplainer
+
+    if explainer is None:
+        if cfg.explainer == "llm":
+            if llm_client is None:
+                raise ValueError("explainer='llm' needs an llm_client (ChatClient.from_env() / --llm-url)")
+            explainer = LLMExplainer(llm_client)
+        elif cfg.explainer == "offline":
+            explainer = EnrichmentExplainer()
+        else:
+            raise ValueError(f"explainer must be 'offline' or 'llm' (or a callable); got {cfg.explainer!r}")
+    else:
+        from sae_rad_ext.interpret.explain import CallableExplainer
+
+        explainer = explainer if isinstance(explainer, CallableExplainer | EnrichmentExplainer | LLMExplainer) \
+            else CallableExplainer(explainer)
+    fit_idx, hold_idx = torch.nonzero(fit).flatten(), torch.nonzero(hold).flatten()
+    fit_st = [store.studies[i] for i in fit_idx.tolist()]
+    expl: dict[int, Explanation] = {}
+    tick = ui.task("explain", len(feats))
+    for f in feats:
+        col = S[fit_idx, f]
+        k = min(cfg.n_examples, int((col > 0).sum()))
+        top = col.topk(k) if k else None
+        ctx = FeatureContext(
+            feature=f, top=[fit_st[i] for i in top.indices.tolist()] if top is not None else [],
+            top_values=top.values.tolist() if top is not None else [], background=fit_st,
+            examples=[examples[(f, s)] for s in roles[f]["top"] if (f, s) in examples],
+            role_frequency=stats.role_frequency(f), hook_name=hook)
+        expl[f] = explainer(ctx)
+        tick(1)
+    judges: dict[str, Any] = {}
+    if "detection" in cfg.scorers:
+        judges["detection"] = KeywordJudge()
+    if "embedding" in cfg.scorers:
+        judges["embedding"] = EmbeddingJudge(embedder)
+    if "llm" in cfg.scorers:
+        if llm_client is None:
+            raise ValueError("the llm scorer needs an llm_client (ChatClient.from_env() / --llm-url)")
+        judges["llm"] = LLMJudge(llm_client)
+    base = shuffled({f: e.text for f, e in expl.items()}, seed=cfg.seed)
+    scores: dict[int, dict[str, dict[str, float]]] = {}
+    g = torch.Generator().manual_seed(cfg.seed)
+    hold_st = [store.studies[i] for i in hold_idx.tolist()]
+    tick = ui.task("score", len(feats))
+    for f in feats:
+        col = S[hold_idx, f]
+        k = min(cfg.n_detect, int((col > 0).sum()))
+        pos = [hold_st[i] for i in col.topk(k).indices.tolist()] if k else []
+        silent = torch.nonzero(col <= 0).flatten()
+        neg = [hold_st[i] for i in silent[torch.randperm(len(silent), generator=g)[: cfg.n_detect]].tolist()]
+        sc: dict[str, dict[str, float]] = {}
+        for name, judge in judges.items():
+            sc[name] = detection_score(expl[f].text, pos, neg, judge)
+            sc[f"{name}_shuffled"] = detection_score(base[f], pos, neg, judge)
+        if "fuzzing" in cfg.scorers:
+            exs = [examples[(f, s)] for s in roles[f]["holdout"] if (f, s) in examples]
+            sc["fuzzing"] = fuzzing_score(expl[f].text, exs, seed=cfg.seed)
+            sc["fuzzing_shuffled"] = fuzzing_score(base[f], exs, seed=cfg.seed)
+        scores[f] = sc
+        e = expl[f]
+        for name, m in sc.items():
+            for metric in ("f1", "auroc"):
+                if metric in m and not math.isnan(m[metric]):
+                    e.scores[f"{name}_{metric}"] = round(m[metric], 4)
+        safe_hook = hook.replace("/", "_")
+        _write_text(out / "explanations" / f"{safe_hook}_latent{f}.txt", json.dumps(e.text))
+        for name in {n.removesuffix("_shuffled") for n in sc}:
+            _write_text(out / "scores" / name / f"{safe_hook}_latent{f}.txt",
+                        json.dumps({"explanation": e.text, "metrics": sc[name],
+                                    "shuffled_explanation": base[f], "shuffled_metrics": sc.get(f"{name}_shuffled")}))
+        tick(1)
+    return expl, scores
+
+
+def _summary(best, best_by_kind, scores, expl, conf, stats) -> dict[str, Any]:
+    def mean(key: str, metric: str) -> float | None:
+        v = [s[key][metric] for s in scores.values() if key in s and metric in s[key] and not math.isnan(s[key][metric])]
+        return sum(v) / len(v) if v else None
+
+    return {
+        "best_feature_per_concept": {c: asdict(r) for c, r in best.items()},
+        "best_by_kind": {k: {c: asdict(r) for c, r in by.items()} for k, by in best_by_kind.items()},
+        "scores_mean": {k: {m: mean(k, m) for m in ("f1", "auroc", "balanced_accuracy")}
+                        for k in sorted({n for s in scores.values() for n in s})},
+        "n_explained": len(expl),
+        "n_interpretable": sum(c.interpretable for c in conf.values()),
+        "dead": len(stats.dead_features()), "dense": len(stats.dense_features()),
+    }
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    _write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
