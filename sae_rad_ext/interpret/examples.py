@@ -27,7 +27,11 @@ from sae_rad_ext.publish.records import FeatureExample
 
 __all__ = ["collect_examples", "region_words"]
 
-_SLOT_VIEW = {int(ImageSlot.FRONTAL): "frontal", int(ImageSlot.LATERAL): "lateral", int(ImageSlot.PRIOR): "prior"}
+_SLOT_VIEW = {
+    int(ImageSlot.FRONTAL): "frontal",
+    int(ImageSlot.LATERAL): "lateral",
+    int(ImageSlot.PRIOR): "prior",
+}
 _VIEW_IMAGE = {"frontal": "frontal", "lateral": "lateral", "prior": "prior_frontal"}
 
 
@@ -73,9 +77,18 @@ def _token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
 
 @torch.no_grad()
 def collect_examples(
-    model: Any, sae: Any, studies: Iterable[Study], wanted: dict[str, list[tuple[int, int]]], hook_name: str, *,
-    out: str | Path | None = None, processor: Any = None, window: int = 12, batch_size: int = 4,
-    heatmaps: bool = True, progress: Callable[[int], None] | None = None,
+    model: Any,
+    sae: Any,
+    studies: Iterable[Study],
+    wanted: dict[str, list[tuple[int, int]]],
+    hook_name: str,
+    *,
+    out: str | Path | None = None,
+    processor: Any = None,
+    window: int = 12,
+    batch_size: int = 4,
+    heatmaps: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[tuple[int, str], FeatureExample]:
     """Examples for ``wanted = {study_id: [(feature, position), ...]}`` (``position`` = the peak's position
     in the study's own sequence, as the statistics store it; -1 → the feature's max in that study).
@@ -98,20 +111,37 @@ def collect_examples(
             z = encode(sae, ab.acts[r])[:, feats].cpu()  # [rows, n_feats]
             col = {f: i for i, f in enumerate(feats)}
             role, slot = ab.role[r].long(), ab.image_slot[r].long()
-            prow, pcol, pos, ids = ab.patch_row[r].long(), ab.patch_col[r].long(), ab.position[r], ab.token_id[r]
+            prow, pcol, pos, ids = (
+                ab.patch_row[r].long(),
+                ab.patch_col[r].long(),
+                ab.position[r],
+                ab.token_id[r],
+            )
             text_str = _token_strings(tok, ids.tolist())
-            labels = [f"<{_SLOT_VIEW.get(int(s), 'image')} r{int(a):02d} c{int(c):02d}>" if int(ro) == int(Role.IMAGE)
-                      else t for ro, s, a, c, t in zip(role, slot, prow, pcol, text_str, strict=True)]
+            labels = [
+                f"<{_SLOT_VIEW.get(int(s), 'image')} r{int(a):02d} c{int(c):02d}>"
+                if int(ro) == int(Role.IMAGE)
+                else t
+                for ro, s, a, c, t in zip(role, slot, prow, pcol, text_str, strict=True)
+            ]
             for f, p in pairs:
                 v = z[:, col[f]]
-                i = int(v.argmax()) if p < 0 or not bool((pos == p).any()) else int(torch.nonzero(pos == p)[0])
+                i = (
+                    int(v.argmax())
+                    if p < 0 or not bool((pos == p).any())
+                    else int(torch.nonzero(pos == p)[0])
+                )
                 lo, hi = max(0, i - window), min(len(v), i + window + 1)
                 q_role = Role(int(role[i]))
                 view = _SLOT_VIEW.get(int(slot[i]), "frontal") if q_role == Role.IMAGE else "frontal"
                 on_view = (role == int(Role.IMAGE)) & (slot == {"frontal": 0, "lateral": 1, "prior": 2}[view])
                 ex = FeatureExample(
-                    study_id=study.study_id, tokens=labels[lo:hi], values=[round(float(x), 5) for x in v[lo:hi]],
-                    qualifying_token_index=i - lo, role=q_role.name.lower(), view=view if bool(on_view.any()) else None,
+                    study_id=study.study_id,
+                    tokens=labels[lo:hi],
+                    values=[round(float(x), 5) for x in v[lo:hi]],
+                    qualifying_token_index=i - lo,
+                    role=q_role.name.lower(),
+                    view=view if bool(on_view.any()) else None,
                 )
                 if bool(on_view.any()) and grid:
                     pm = torch.zeros(grid, grid)

@@ -25,10 +25,19 @@ from sae_rad_ext.interpret.examples import region_words
 from sae_rad_ext.interpret.store import StudyInfo
 from sae_rad_ext.publish.records import Explanation, FeatureExample
 
-__all__ = ["CallableExplainer", "EnrichmentExplainer", "FeatureContext", "LLMExplainer", "highlight", "ngrams"]
+__all__ = [
+    "CallableExplainer",
+    "EnrichmentExplainer",
+    "FeatureContext",
+    "LLMExplainer",
+    "highlight",
+    "ngrams",
+]
 
-STOP = set("a an the of and or is are was were be been with without to in on at for from by as this that there "
-           "it its no not seen again also which has have had than then into".split())
+STOP = set(
+    "a an the of and or is are was were be been with without to in on at for from by as this that there "
+    "it its no not seen again also which has have had than then into".split()
+)
 
 
 @dataclass
@@ -109,8 +118,14 @@ class EnrichmentExplainer:
             parts.append("without " + " or ".join(_name(k) for _, k in sorted(absent, reverse=True)[:2]))
         p_top = _rates([ngrams(s.findings) for s in ctx.top])
         p_bg = _rates([ngrams(s.findings) for s in ctx.background])
-        cands = sorted(((p_top[g] / n_top - p_bg[g] / n_bg, len(g), g) for g in p_top
-                        if p_top[g] / n_top >= self.phrase_rate), reverse=True)
+        cands = sorted(
+            (
+                (p_top[g] / n_top - p_bg[g] / n_bg, len(g), g)
+                for g in p_top
+                if p_top[g] / n_top >= self.phrase_rate
+            ),
+            reverse=True,
+        )
         phrases: list[str] = []
         for lift, _, g in cands:
             if lift < 0.25 or len(phrases) >= self.max_phrases:
@@ -129,8 +144,11 @@ class EnrichmentExplainer:
         roles = Counter(e.role or "?" for e in ctx.examples)
         role, n = roles.most_common(1)[0]
         if role == "image":
-            maps = [np.asarray(e.patch_map, dtype=np.float32) for e in ctx.examples
-                    if e.patch_map is not None and e.view == "frontal"]
+            maps = [
+                np.asarray(e.patch_map, dtype=np.float32)
+                for e in ctx.examples
+                if e.patch_map is not None and e.view == "frontal"
+            ]
             maps = [m / m.max() for m in maps if m.max() > 0]
             views = Counter(e.view for e in ctx.examples if e.role == "image")
             where = f"peaks on {views.most_common(1)[0][0]} image patches"
@@ -159,8 +177,10 @@ class CallableExplainer:
         return r if isinstance(r, Explanation) else Explanation(str(r), method=self.method)
 
 
-LLM_SYSTEM = ("You explain features of a sparse autoencoder trained on the activations of a radiology "
-              "report-generation model (chest X-rays + text). Answer with one short phrase.")
+LLM_SYSTEM = (
+    "You explain features of a sparse autoencoder trained on the activations of a radiology "
+    "report-generation model (chest X-rays + text). Answer with one short phrase."
+)
 
 
 @dataclass
@@ -172,9 +192,11 @@ class LLMExplainer:
     method: str = "openai-compatible"
 
     def prompt(self, ctx: FeatureContext) -> str:
-        lines = [f"Feature {ctx.feature}. Studies where it is most active (tokens where it is active are marked "
-                 "<<like this>>; image patches are <view rRR cCC> on the patch grid, row 0 = top, column 0 = "
-                 "image left = patient right):"]
+        lines = [
+            f"Feature {ctx.feature}. Studies where it is most active (tokens where it is active are marked "
+            "<<like this>>; image patches are <view rRR cCC> on the patch grid, row 0 = top, column 0 = "
+            "image left = patient right):"
+        ]
         ex_by = {e.study_id: e for e in ctx.examples}
         for i, s in enumerate(ctx.top[: self.max_examples], 1):
             labels = ", ".join(k.replace("_", " ") for k, v in s.labels.items() if v == 1) or "none"
@@ -189,6 +211,11 @@ class LLMExplainer:
         return "\n".join(lines)
 
     def __call__(self, ctx: FeatureContext) -> Explanation:
-        text = self.client.chat([{"role": "system", "content": LLM_SYSTEM}, {"role": "user", "content": self.prompt(ctx)}])
-        return Explanation(text.strip().splitlines()[0] if text.strip() else "", method=self.method,
-                           model=getattr(self.client, "model", None))
+        text = self.client.chat(
+            [{"role": "system", "content": LLM_SYSTEM}, {"role": "user", "content": self.prompt(ctx)}]
+        )
+        return Explanation(
+            text.strip().splitlines()[0] if text.strip() else "",
+            method=self.method,
+            model=getattr(self.client, "model", None),
+        )

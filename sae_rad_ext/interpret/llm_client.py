@@ -50,20 +50,33 @@ class ChatClient:
         url = overrides.pop("base_url", None) or os.environ.get("SAE_RAD_LLM_BASE_URL")
         model = overrides.pop("model", None) or os.environ.get("SAE_RAD_LLM_MODEL")
         if not url or not model:
-            raise LLMError("no LLM endpoint configured: set SAE_RAD_LLM_BASE_URL and SAE_RAD_LLM_MODEL (or pass "
-                           "--llm-url/--llm-model); the offline explainer/scorers need none")
-        key = overrides.pop("api_key", None) or os.environ.get("SAE_RAD_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+            raise LLMError(
+                "no LLM endpoint configured: set SAE_RAD_LLM_BASE_URL and SAE_RAD_LLM_MODEL (or pass "
+                "--llm-url/--llm-model); the offline explainer/scorers need none"
+            )
+        key = (
+            overrides.pop("api_key", None)
+            or os.environ.get("SAE_RAD_LLM_API_KEY")
+            or os.environ.get("OPENAI_API_KEY")
+        )
         return cls(base_url=url, model=model, api_key=key, **overrides)
 
     def chat(self, messages: list[dict[str, str]], **params: Any) -> str:
         """The assistant message text of one chat completion."""
-        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, **params}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **params,
+        }
         data = self._post("/chat/completions", body)
         try:
             return str(data["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, TypeError) as e:
-            raise LLMError(f"{self.base_url}: unexpected response (no choices[0].message.content): {str(data)[:300]}") from e
+            raise LLMError(
+                f"{self.base_url}: unexpected response (no choices[0].message.content): {str(data)[:300]}"
+            ) from e
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         url = self.base_url.rstrip("/") + path
@@ -82,16 +95,20 @@ class ChatClient:
             except urllib.error.HTTPError as e:
                 detail = e.read().decode(errors="replace")[:300]
                 if e.code in (401, 403):
-                    raise LLMError(f"{url} rejected the API key (HTTP {e.code}): set SAE_RAD_LLM_API_KEY / --llm-key "
-                                   f"to a valid key. Server said: {detail}") from e
+                    raise LLMError(
+                        f"{url} rejected the API key (HTTP {e.code}): set SAE_RAD_LLM_API_KEY / --llm-key "
+                        f"to a valid key. Server said: {detail}"
+                    ) from e
                 if e.code == 404:
-                    raise LLMError(f"{url} answered 404: check the base URL (it usually ends in /v1) and the model "
-                                   f"name {self.model!r}. Server said: {detail}") from e
+                    raise LLMError(
+                        f"{url} answered 404: check the base URL (it usually ends in /v1) and the model "
+                        f"name {self.model!r}. Server said: {detail}"
+                    ) from e
                 if e.code == 429 or e.code >= 500:
                     last = f"HTTP {e.code}: {detail}"
                     continue
                 raise LLMError(f"{url} answered HTTP {e.code}: {detail}") from e
-            except (TimeoutError, socket.timeout) as e:
+            except TimeoutError as e:
                 last = f"no answer within {self.timeout:g} s ({e})"
             except urllib.error.URLError as e:
                 if isinstance(e.reason, TimeoutError | socket.timeout):
@@ -100,5 +117,7 @@ class ChatClient:
                     last = f"unreachable ({e.reason})"
             except json.JSONDecodeError as e:
                 raise LLMError(f"{url} did not return JSON: {e}") from e
-        raise LLMError(f"{url}: gave up after {self.retries + 1} attempt(s): {last}. Is the server running and the "
-                       "URL right? (--llm-url / SAE_RAD_LLM_BASE_URL)")
+        raise LLMError(
+            f"{url}: gave up after {self.retries + 1} attempt(s): {last}. Is the server running and the "
+            "URL right? (--llm-url / SAE_RAD_LLM_BASE_URL)"
+        )

@@ -27,11 +27,23 @@ from typing import Any
 import torch
 
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.interpret.concepts import AlignmentRow, AlignmentTable, align_concepts, best_feature_per_concept
-from sae_rad_ext.interpret.confidence import Confidence, feature_confidence
 from sae_rad_ext.interpret.assemble import build_records, features_table
+from sae_rad_ext.interpret.concepts import (
+    AlignmentRow,
+    AlignmentTable,
+    align_concepts,
+    best_feature_per_concept,
+)
+from sae_rad_ext.interpret.confidence import Confidence, feature_confidence
 from sae_rad_ext.interpret.scan import MapOverlap, ScanConfig, scan
-from sae_rad_ext.interpret.score import EmbeddingJudge, KeywordJudge, LLMJudge, detection_score, fuzzing_score, shuffled
+from sae_rad_ext.interpret.score import (
+    EmbeddingJudge,
+    KeywordJudge,
+    LLMJudge,
+    detection_score,
+    fuzzing_score,
+    shuffled,
+)
 from sae_rad_ext.interpret.stats import FeatureStats
 from sae_rad_ext.interpret.store import ScoreStore
 from sae_rad_ext.publish.records import Explanation, FeatureExample, InterpretationRun
@@ -65,9 +77,16 @@ class InterpretConfig:
     seed: int = 0
 
     def scan_config(self, hook: str) -> ScanConfig:
-        return ScanConfig(hook_name=hook, stats_positions=self.stats_positions, concepts=tuple(self.concepts),
-                          batch_size=self.batch_size, generate=self.generate, max_new_tokens=self.max_new_tokens,
-                          top_n=self.top_n, holdout_fraction=self.holdout_fraction)
+        return ScanConfig(
+            hook_name=hook,
+            stats_positions=self.stats_positions,
+            concepts=tuple(self.concepts),
+            batch_size=self.batch_size,
+            generate=self.generate,
+            max_new_tokens=self.max_new_tokens,
+            top_n=self.top_n,
+            holdout_fraction=self.holdout_fraction,
+        )
 
 
 @dataclass
@@ -94,8 +113,12 @@ def _fingerprint(*parts: Any) -> str:
 
 def _sae_fingerprint(sae: Any) -> str:
     w = sae.W_enc.detach().float()
-    return _fingerprint(sae.cfg.to_dict() if hasattr(sae.cfg, "to_dict") else str(sae.cfg),
-                        float(w.sum()), float(w.abs().sum()), float(sae.W_dec.detach().float().sum()))
+    return _fingerprint(
+        sae.cfg.to_dict() if hasattr(sae.cfg, "to_dict") else str(sae.cfg),
+        float(w.sum()),
+        float(w.abs().sum()),
+        float(sae.W_dec.detach().float().sum()),
+    )
 
 
 def _iter(studies: Any) -> Iterable[Study]:
@@ -112,8 +135,13 @@ class _Progress:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.p = Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), transient=False)
+            self.p = Progress(
+                TextColumn("[bold]{task.description:<22}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=False,
+            )
             self.p.start()
 
     def task(self, name: str, total: int | None) -> Callable[[int], None]:
@@ -127,10 +155,20 @@ class _Progress:
             self.p.stop()
 
 
-def interpret(model: Any, sae: Any, studies: Sequence[Study] | Callable[[], Iterable[Study]] | Any,
-              out: str | Path, cfg: InterpretConfig | None = None, *, explainer: Callable | None = None,
-              llm_client: Any = None, embedder: Any = None, studies_key: str | None = None, processor: Any = None,
-              progress: bool = False) -> InterpretResult:
+def interpret(
+    model: Any,
+    sae: Any,
+    studies: Sequence[Study] | Callable[[], Iterable[Study]] | Any,
+    out: str | Path,
+    cfg: InterpretConfig | None = None,
+    *,
+    explainer: Callable | None = None,
+    llm_client: Any = None,
+    embedder: Any = None,
+    studies_key: str | None = None,
+    processor: Any = None,
+    progress: bool = False,
+) -> InterpretResult:
     """Run the pipeline on ``studies`` (a list, a zero-argument factory, or a reader with ``reopen()``;
     iterated twice: the scan and the targeted examples pass).
 
@@ -143,7 +181,9 @@ def interpret(model: Any, sae: Any, studies: Sequence[Study] | Callable[[], Iter
     out.mkdir(parents=True, exist_ok=True)
     hook = cfg.hook_name or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
     if not hook:
-        raise ValueError("no hook name: the SAE's cfg.metadata has no hook_name; pass InterpretConfig(hook_name=...)")
+        raise ValueError(
+            "no hook name: the SAE's cfg.metadata has no hook_name; pass InterpretConfig(hook_name=...)"
+        )
     if studies_key is None and isinstance(studies, Sequence):
         studies_key = _fingerprint([s.study_id for s in studies])
     stages_path = out / "stages.json"
@@ -156,8 +196,15 @@ def interpret(model: Any, sae: Any, studies: Sequence[Study] | Callable[[], Iter
         scan_dir = out / "scan"
         if stages.get("scan") != fp_scan or not (scan_dir / "stats.safetensors").is_file():
             stages.pop("examples", None)
-            acc, overlap = scan(model, sae, _iter(studies), scan_dir, scfg, processor=processor,
-                                progress=ui.task("scan studies", n_total))
+            acc, overlap = scan(
+                model,
+                sae,
+                _iter(studies),
+                scan_dir,
+                scfg,
+                processor=processor,
+                progress=ui.task("scan studies", n_total),
+            )
             stats = acc.result()
             stats.save(scan_dir)
             overlap.save(scan_dir / "overlap.safetensors")
@@ -176,8 +223,10 @@ def interpret(model: Any, sae: Any, studies: Sequence[Study] | Callable[[], Iter
         S = store.block("stats")  # [n, d_sae] (study-level; one column per feature)
         fit_st = [s for s, m in zip(store.studies, fit.tolist(), strict=True) if m]
         hold_st = [s for s, m in zip(store.studies, hold.tolist(), strict=True) if m]
-        conf = {f: feature_confidence(f, S[fit, f], fit_st, S[hold, f], hold_st, n=cfg.n_detect, seed=cfg.seed)
-                for f in feats}
+        conf = {
+            f: feature_confidence(f, S[fit, f], fit_st, S[hold, f], hold_st, n=cfg.n_detect, seed=cfg.seed)
+            for f in feats
+        }
         _write_jsonl(out / "confidence.jsonl", [asdict(c) for c in conf.values()])
         # ---- examples (second, targeted model pass) ----
         wanted, roles = _wanted_examples(stats, S, store, feats, hold, cfg)
@@ -185,10 +234,21 @@ def interpret(model: Any, sae: Any, studies: Sequence[Study] | Callable[[], Iter
         if stages.get("examples") != fp_ex or not (out / "examples.jsonl").is_file():
             from sae_rad_ext.interpret.examples import collect_examples
 
-            ex = collect_examples(model, sae, _iter(studies), wanted, hook, out=out, processor=processor,
-                                  batch_size=cfg.batch_size, heatmaps=cfg.heatmaps,
-                                  progress=ui.task("examples", len(wanted)))
-            _write_jsonl(out / "examples.jsonl", [{"feature": f, **asdict(e)} for (f, _), e in sorted(ex.items())])
+            ex = collect_examples(
+                model,
+                sae,
+                _iter(studies),
+                wanted,
+                hook,
+                out=out,
+                processor=processor,
+                batch_size=cfg.batch_size,
+                heatmaps=cfg.heatmaps,
+                progress=ui.task("examples", len(wanted)),
+            )
+            _write_jsonl(
+                out / "examples.jsonl", [{"feature": f, **asdict(e)} for (f, _), e in sorted(ex.items())]
+            )
             stages["examples"] = fp_ex
             _write_json(stages_path, stages)
         examples: dict[tuple[int, str], FeatureExample] = {}
@@ -198,12 +258,35 @@ def interpret(model: Any, sae: Any, studies: Sequence[Study] | Callable[[], Iter
                 f = d.pop("feature")
                 examples[(f, d["study_id"])] = FeatureExample(**d)
         # ---- explain + score ----
-        expl, scores = _explain_and_score(cfg, feats, stats, S, store, fit, hold, examples, roles, hook, out,
-                                          explainer, llm_client, embedder, ui)
+        expl, scores = _explain_and_score(
+            cfg,
+            feats,
+            stats,
+            S,
+            store,
+            fit,
+            hold,
+            examples,
+            roles,
+            hook,
+            out,
+            explainer,
+            llm_client,
+            embedder,
+            ui,
+        )
         run = build_records(sae, model, stats, table, conf, expl, examples, roles, feats, hook)
-        run.meta.update({"hook_name": hook, "positions": cfg.stats_positions, "n_studies": len(store),
-                         "n_tokens": stats.n_total_positions, "explainer": _explainer_name(cfg, explainer),
-                         "scorers": list(cfg.scorers), "interpretation_config": asdict(cfg)})
+        run.meta.update(
+            {
+                "hook_name": hook,
+                "positions": cfg.stats_positions,
+                "n_studies": len(store),
+                "n_tokens": stats.n_total_positions,
+                "explainer": _explainer_name(cfg, explainer),
+                "scorers": list(cfg.scorers),
+                "interpretation_config": asdict(cfg),
+            }
+        )
         run.save(out)
         features_table(out / "features.csv", run, conf)
         summary = _summary(best, best_by_kind, scores, expl, conf, stats)
@@ -230,8 +313,14 @@ def _choose_features(stats: FeatureStats, table: AlignmentTable, best_by_kind: d
     return sorted(out[: max(k, len(set(must)))])
 
 
-def _wanted_examples(stats: FeatureStats, S: torch.Tensor, store: ScoreStore, feats: list[int], hold: torch.Tensor,
-                     cfg: InterpretConfig) -> tuple[dict[str, list[tuple[int, int]]], dict[int, dict[str, list[str]]]]:
+def _wanted_examples(
+    stats: FeatureStats,
+    S: torch.Tensor,
+    store: ScoreStore,
+    feats: list[int],
+    hold: torch.Tensor,
+    cfg: InterpretConfig,
+) -> tuple[dict[str, list[tuple[int, int]]], dict[int, dict[str, list[str]]]]:
     """Which (feature, position) to collect per study, and per feature which study ids play which part
     (``top``: published top examples, ``sample``: quantile groups, ``holdout``: fuzzing)."""
     wanted: dict[str, set[tuple[int, int]]] = {}
@@ -240,13 +329,21 @@ def _wanted_examples(stats: FeatureStats, S: torch.Tensor, store: ScoreStore, fe
     hold_idx = torch.nonzero(hold).flatten()
     for f in feats:
         r: dict[str, list[str]] = {"top": [], "sample": [], "holdout": []}
-        for v, si, p in zip(stats.top_values[f].tolist(), stats.top_study[f].tolist(), stats.top_position[f].tolist(),
-                            strict=True):
+        for v, si, p in zip(
+            stats.top_values[f].tolist(),
+            stats.top_study[f].tolist(),
+            stats.top_position[f].tolist(),
+            strict=True,
+        ):
             if si >= 0 and v > 0 and len(r["top"]) < cfg.n_examples:
                 wanted.setdefault(ids[si], set()).add((f, p))
                 r["top"].append(ids[si])
-        for v, si, p in zip(stats.sample_values[f].tolist(), stats.sample_study[f].tolist(),
-                            stats.sample_position[f].tolist(), strict=True):
+        for v, si, p in zip(
+            stats.sample_values[f].tolist(),
+            stats.sample_study[f].tolist(),
+            stats.sample_position[f].tolist(),
+            strict=True,
+        ):
             if si >= 0 and v > 0 and len(r["sample"]) < 2 * cfg.n_examples:
                 wanted.setdefault(ids[si], set()).add((f, p))
                 r["sample"].append(ids[si])
@@ -264,8 +361,9 @@ def _wanted_examples(stats: FeatureStats, S: torch.Tensor, store: ScoreStore, fe
     return out, roles
 
 
-def _explain_and_score(cfg, feats, stats, S, store, fit, hold, examples, roles, hook, out, explainer, llm_client,
-                       embedder, ui):
+def _explain_and_score(
+    cfg, feats, stats, S, store, fit, hold, examples, roles, hook, out, explainer, llm_client, embedder, ui
+):
     from sae_rad_ext.interpret.explain import EnrichmentExplainer, FeatureContext, LLMExplainer
 
     if explainer is None:
@@ -280,8 +378,11 @@ def _explain_and_score(cfg, feats, stats, S, store, fit, hold, examples, roles, 
     else:
         from sae_rad_ext.interpret.explain import CallableExplainer
 
-        explainer = explainer if isinstance(explainer, CallableExplainer | EnrichmentExplainer | LLMExplainer) \
+        explainer = (
+            explainer
+            if isinstance(explainer, CallableExplainer | EnrichmentExplainer | LLMExplainer)
             else CallableExplainer(explainer)
+        )
     fit_idx, hold_idx = torch.nonzero(fit).flatten(), torch.nonzero(hold).flatten()
     fit_st = [store.studies[i] for i in fit_idx.tolist()]
     expl: dict[int, Explanation] = {}
@@ -291,10 +392,14 @@ def _explain_and_score(cfg, feats, stats, S, store, fit, hold, examples, roles, 
         k = min(cfg.n_examples, int((col > 0).sum()))
         top = col.topk(k) if k else None
         ctx = FeatureContext(
-            feature=f, top=[fit_st[i] for i in top.indices.tolist()] if top is not None else [],
-            top_values=top.values.tolist() if top is not None else [], background=fit_st,
+            feature=f,
+            top=[fit_st[i] for i in top.indices.tolist()] if top is not None else [],
+            top_values=top.values.tolist() if top is not None else [],
+            background=fit_st,
             examples=[examples[(f, s)] for s in roles[f]["top"] if (f, s) in examples],
-            role_frequency=stats.role_frequency(f), hook_name=hook)
+            role_frequency=stats.role_frequency(f),
+            hook_name=hook,
+        )
         expl[f] = explainer(ctx)
         tick(1)
     judges: dict[str, Any] = {}
@@ -334,26 +439,41 @@ def _explain_and_score(cfg, feats, stats, S, store, fit, hold, examples, roles, 
         safe_hook = hook.replace("/", "_")
         _write_text(out / "explanations" / f"{safe_hook}_latent{f}.txt", json.dumps(e.text))
         for name in {n.removesuffix("_shuffled") for n in sc}:
-            _write_text(out / "scores" / name / f"{safe_hook}_latent{f}.txt",
-                        json.dumps({"explanation": e.text, "metrics": sc[name],
-                                    "shuffled_explanation": base[f], "shuffled_metrics": sc.get(f"{name}_shuffled")}))
+            _write_text(
+                out / "scores" / name / f"{safe_hook}_latent{f}.txt",
+                json.dumps(
+                    {
+                        "explanation": e.text,
+                        "metrics": sc[name],
+                        "shuffled_explanation": base[f],
+                        "shuffled_metrics": sc.get(f"{name}_shuffled"),
+                    }
+                ),
+            )
         tick(1)
     return expl, scores
 
 
 def _summary(best, best_by_kind, scores, expl, conf, stats) -> dict[str, Any]:
     def mean(key: str, metric: str) -> float | None:
-        v = [s[key][metric] for s in scores.values() if key in s and metric in s[key] and not math.isnan(s[key][metric])]
+        v = [
+            s[key][metric]
+            for s in scores.values()
+            if key in s and metric in s[key] and not math.isnan(s[key][metric])
+        ]
         return sum(v) / len(v) if v else None
 
     return {
         "best_feature_per_concept": {c: asdict(r) for c, r in best.items()},
         "best_by_kind": {k: {c: asdict(r) for c, r in by.items()} for k, by in best_by_kind.items()},
-        "scores_mean": {k: {m: mean(k, m) for m in ("f1", "auroc", "balanced_accuracy")}
-                        for k in sorted({n for s in scores.values() for n in s})},
+        "scores_mean": {
+            k: {m: mean(k, m) for m in ("f1", "auroc", "balanced_accuracy")}
+            for k in sorted({n for s in scores.values() for n in s})
+        },
         "n_explained": len(expl),
         "n_interpretable": sum(c.interpretable for c in conf.values()),
-        "dead": len(stats.dead_features()), "dense": len(stats.dense_features()),
+        "dead": len(stats.dead_features()),
+        "dense": len(stats.dense_features()),
     }
 
 
@@ -370,5 +490,3 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     _write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
-
-

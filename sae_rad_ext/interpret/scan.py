@@ -70,8 +70,12 @@ def encode(sae: Any, acts: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """``sae.encode`` on ``acts [n, d_in]`` in row chunks, on the SAE's device/dtype → float32 ``[n, d_sae]``."""
     W = sae.W_enc
     if acts.shape[-1] != W.shape[0]:
-        raise ValueError(f"activations have d_in={acts.shape[-1]} but the SAE expects {W.shape[0]}: wrong hook/model?")
-    out = [sae.encode(acts[i : i + chunk].to(W.device, W.dtype)).float() for i in range(0, acts.shape[0], chunk)]
+        raise ValueError(
+            f"activations have d_in={acts.shape[-1]} but the SAE expects {W.shape[0]}: wrong hook/model?"
+        )
+    out = [
+        sae.encode(acts[i : i + chunk].to(W.device, W.dtype)).float() for i in range(0, acts.shape[0], chunk)
+    ]
     return torch.cat(out) if out else torch.zeros(0, W.shape[1], device=W.device)
 
 
@@ -110,10 +114,16 @@ class MapOverlap:
     @classmethod
     def empty(cls, concepts: list[str], d_sae: int) -> MapOverlap:
         c = len(concepts)
-        return cls(list(concepts), torch.zeros(2, c, d_sae, dtype=torch.float64),
-                   torch.zeros(2, c, d_sae, dtype=torch.float64), torch.zeros(2, c, dtype=torch.int64))
+        return cls(
+            list(concepts),
+            torch.zeros(2, c, d_sae, dtype=torch.float64),
+            torch.zeros(2, c, d_sae, dtype=torch.float64),
+            torch.zeros(2, c, dtype=torch.int64),
+        )
 
-    def update(self, z_map: torch.Tensor, masks: dict[str, torch.Tensor], split: str, threshold: float) -> None:
+    def update(
+        self, z_map: torch.Tensor, masks: dict[str, torch.Tensor], split: str, threshold: float
+    ) -> None:
         """``z_map [P, d_sae]`` frontal codes in row-major patch order; ``masks`` concept → bool ``[P]``."""
         s = 1 if split == "holdout" else 0
         mx, am = z_map.max(0)  # [d]
@@ -141,8 +151,11 @@ class MapOverlap:
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({"iou_sum": self.iou_sum, "hit_sum": self.hit_sum, "n": self.n}, str(path),
-                  metadata={"concepts": ",".join(self.concepts)})
+        save_file(
+            {"iou_sum": self.iou_sum, "hit_sum": self.hit_sum, "n": self.n},
+            str(path),
+            metadata={"concepts": ",".join(self.concepts)},
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> MapOverlap:
@@ -202,9 +215,17 @@ def _pool(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def scan(model: Any, sae: Any, studies: Iterable[Study], out: str | Path, cfg: ScanConfig, *,
-         processor: Any = None, split_fn: Callable[[str], str] | None = None,
-         progress: Callable[[int], None] | None = None) -> tuple[FeatureStatsAccumulator, MapOverlap]:
+def scan(
+    model: Any,
+    sae: Any,
+    studies: Iterable[Study],
+    out: str | Path,
+    cfg: ScanConfig,
+    *,
+    processor: Any = None,
+    split_fn: Callable[[str], str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[FeatureStatsAccumulator, MapOverlap]:
     """One pass over ``studies``: writes ``out/scores/…`` + ``out/studies.jsonl`` and returns the
     statistics accumulator and the map overlap (call ``.result()`` / ``.save`` on them)."""
     processor = processor if processor is not None else default_processor(model)
@@ -240,20 +261,31 @@ def scan(model: Any, sae: Any, studies: Iterable[Study], out: str | Path, cfg: S
                 img = role_d == int(Role.IMAGE)
                 fr = img & (slot_d == int(ImageSlot.FRONTAL))
                 lat = img & (slot_d == int(ImageSlot.LATERAL))
-                prompt_rows = torch.isin(role_d, torch.tensor([int(x) for x in _PROMPT_VALUE_ROLES], device=dev))
+                prompt_rows = torch.isin(
+                    role_d, torch.tensor([int(x) for x in _PROMPT_VALUE_ROLES], device=dev)
+                )
                 non_report = torch.nonzero(role_d != int(Role.REPORT)).flatten()
                 s: dict[str, torch.Tensor | None] = {
-                    "stats": _pool(z, sel), "image": _pool(z, fr | lat), "image:frontal": _pool(z, fr),
-                    "image:lateral": _pool(z, lat), "prompt": _pool(z, prompt_rows),
+                    "stats": _pool(z, sel),
+                    "image": _pool(z, fr | lat),
+                    "image:frontal": _pool(z, fr),
+                    "image:lateral": _pool(z, lat),
+                    "prompt": _pool(z, prompt_rows),
                     "report_tf": _pool(z, role_d == int(Role.REPORT)),
-                    "last_prompt": z[non_report[pos.to(dev)[non_report].argmax()]].clamp(min=0) if len(non_report) else None,
+                    "last_prompt": z[non_report[pos.to(dev)[non_report].argmax()]].clamp(min=0)
+                    if len(non_report)
+                    else None,
                 }
                 if bool(fr.any()):
                     zf = z[fr]
-                    s["image:frontal:topk"] = zf.topk(min(cfg.topk_patches, zf.shape[0]), dim=0).values.mean(0).clamp(min=0)
+                    s["image:frontal:topk"] = (
+                        zf.topk(min(cfg.topk_patches, zf.shape[0]), dim=0).values.mean(0).clamp(min=0)
+                    )
                 if gab is not None:
                     gr = gab.study_index == b
-                    s["generated"] = encode(sae, gab.acts[gr]).max(0).values.clamp(min=0) if bool(gr.any()) else None
+                    s["generated"] = (
+                        encode(sae, gab.acts[gr]).max(0).values.clamp(min=0) if bool(gr.any()) else None
+                    )
                 split = split_fn(study.study_id)
                 masks = _study_masks(study, cfg.concepts, grid)
                 if masks and bool(fr.any()):
@@ -261,11 +293,19 @@ def scan(model: Any, sae: Any, studies: Iterable[Study], out: str | Path, cfg: S
                     zmap = torch.zeros(grid * grid, d_sae, device=dev)
                     zmap[order] = z[fr]
                     overlap.update(zmap, masks, split, cfg.map_threshold)
-                views = ["frontal"] + (["lateral"] if study.lateral is not None else []) + (
-                    ["prior"] if study.prior_frontal is not None else [])
+                views = (
+                    ["frontal"]
+                    + (["lateral"] if study.lateral is not None else [])
+                    + (["prior"] if study.prior_frontal is not None else [])
+                )
                 info = StudyInfo(
-                    study_id=study.study_id, split=split, labels=study_labels(study, cfg.concepts, cfg.label_source),
-                    findings=study.report, generated=gen_text[b], indication=study.indication or "", views=views,
+                    study_id=study.study_id,
+                    split=split,
+                    labels=study_labels(study, cfg.concepts, cfg.label_source),
+                    findings=study.report,
+                    generated=gen_text[b],
+                    indication=study.indication or "",
+                    views=views,
                     view_position=(study.metadata or {}).get("view_position"),
                     mask_concepts=[c for c, m in masks.items() if bool(m.any())],
                 )
@@ -290,13 +330,18 @@ def _generated(model: Any, processor: Any, chunk: list[Study], cfg: ScanConfig):
     """Generate each study's report, then re-run prompt + generated text; returns texts and report rows."""
     gb = processor.build(chunk, with_report=False)
     dev = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
-    out = model.generate(gb.input_ids.to(dev), pixel_values=None if gb.pixel_values is None else gb.pixel_values.to(dev),
-                         attention_mask=gb.attention_mask.to(dev), max_new_tokens=cfg.max_new_tokens).cpu()
+    out = model.generate(
+        gb.input_ids.to(dev),
+        pixel_values=None if gb.pixel_values is None else gb.pixel_values.to(dev),
+        attention_mask=gb.attention_mask.to(dev),
+        max_new_tokens=cfg.max_new_tokens,
+    ).cpu()
     texts = processor.decode_generated(gb, out)
     roles = processor.roles_for_generated(gb, out)
     mask = (roles.role != int(Role.PAD)).long()
-    full = SimpleNamespace(input_ids=out, attention_mask=mask, pixel_values=gb.pixel_values, roles=roles,
-                           study_ids=gb.study_ids)
+    full = SimpleNamespace(
+        input_ids=out, attention_mask=mask, pixel_values=gb.pixel_values, roles=roles, study_ids=gb.study_ids
+    )
     if not bool((roles.role == int(Role.REPORT)).any()):
         return texts, None
     return texts, activations_from_batch(model, full, cfg.hook_name, "report")

@@ -34,8 +34,17 @@ from sae_rad_ext.interpret.metrics import binary_metrics
 from sae_rad_ext.interpret.store import StudyInfo
 from sae_rad_ext.publish.records import FeatureExample
 
-__all__ = ["Claims", "EmbeddingJudge", "KeywordJudge", "LLMJudge", "detection_score", "fuzzing_score",
-           "parse_claims", "score_metrics", "shuffled"]
+__all__ = [
+    "Claims",
+    "EmbeddingJudge",
+    "KeywordJudge",
+    "LLMJudge",
+    "detection_score",
+    "fuzzing_score",
+    "parse_claims",
+    "score_metrics",
+    "shuffled",
+]
 
 
 @dataclass
@@ -63,11 +72,24 @@ def parse_claims(text: str) -> Claims:
     bare = re.sub(r"\(\d+/\d+ top studies vs \d+% overall\)", " ", bare)
     lab = label_report(bare)
     findings = {k: (1 if lab.get(k) in (1, -1) else 0) for k in FINDINGS if lab.get(k) is not None}
-    views = [v for v, rx in (("lateral", r"\blateral view\b"), ("prior", r"\bprior study\b"), ("AP", r"\bAP view\b"),
-                             ("PA", r"\bPA view\b")) if re.search(rx, bare)]
+    views = [
+        v
+        for v, rx in (
+            ("lateral", r"\blateral view\b"),
+            ("prior", r"\bprior study\b"),
+            ("AP", r"\bAP view\b"),
+            ("PA", r"\bPA view\b"),
+        )
+        if re.search(rx, bare)
+    ]
     m = re.search(r"\b(upper|middle|lower) (image-left|centre|image-right)", bare)
-    return Claims(findings, phrases, views, bool(re.search(r"\bno finding\b|\bnormal stud", bare, re.I)),
-                  m.group(0) if m else None)
+    return Claims(
+        findings,
+        phrases,
+        views,
+        bool(re.search(r"\bno finding\b|\bnormal stud", bare, re.I)),
+        m.group(0) if m else None,
+    )
 
 
 def _norm(s: str) -> str:
@@ -122,9 +144,11 @@ class LLMJudge:
     threshold: float | str = 0.5
 
     def __call__(self, explanation: str, studies: Sequence[StudyInfo]) -> torch.Tensor:
-        lines = [f"A feature of a radiology model is explained as: {explanation!r}.",
-                 "For each study below answer 1 if the feature is likely active on it, else 0. "
-                 f"Reply with only a JSON list of {len(studies)} integers."]
+        lines = [
+            f"A feature of a radiology model is explained as: {explanation!r}.",
+            "For each study below answer 1 if the feature is likely active on it, else 0. "
+            f"Reply with only a JSON list of {len(studies)} integers.",
+        ]
         for i, s in enumerate(studies, 1):
             labels = ", ".join(k.replace("_", " ") for k, v in s.labels.items() if v == 1) or "none"
             lines.append(f"{i}. views: {', '.join(s.views)}; labels: {labels}; report: {s.findings[:300]}")
@@ -137,7 +161,9 @@ class LLMJudge:
         if len(vals) != len(studies):
             from sae_rad_ext.interpret.llm_client import LLMError
 
-            raise LLMError(f"LLM judge answered {text[:200]!r}; expected a JSON list of {len(studies)} 0/1 values")
+            raise LLMError(
+                f"LLM judge answered {text[:200]!r}; expected a JSON list of {len(studies)} 0/1 values"
+            )
         return torch.tensor(vals, dtype=torch.float64)
 
 
@@ -146,12 +172,19 @@ def score_metrics(scores: torch.Tensor, y: torch.Tensor, threshold: float | str 
     s = scores.double()[:, None]
     thr = float(s.median()) if threshold == "median" else float(threshold)
     m = binary_metrics(s, y.bool(), thr)
-    return {"precision": float(m.precision[0]), "recall": float(m.recall[0]), "f1": float(m.f1[0]),
-            "balanced_accuracy": float(m.balanced_accuracy[0]), "auroc": float(m.auroc[0]), "n": int(y.numel())}
+    return {
+        "precision": float(m.precision[0]),
+        "recall": float(m.recall[0]),
+        "f1": float(m.f1[0]),
+        "balanced_accuracy": float(m.balanced_accuracy[0]),
+        "auroc": float(m.auroc[0]),
+        "n": int(y.numel()),
+    }
 
 
-def detection_score(explanation: str, positives: Sequence[StudyInfo], negatives: Sequence[StudyInfo],
-                    judge: Any = None) -> dict[str, float]:
+def detection_score(
+    explanation: str, positives: Sequence[StudyInfo], negatives: Sequence[StudyInfo], judge: Any = None
+) -> dict[str, float]:
     """Metrics of the judge telling ``positives`` (feature active) from ``negatives`` (silent)."""
     judge = judge or KeywordJudge()
     items = list(positives) + list(negatives)
@@ -169,8 +202,10 @@ def _fuzz_item(c: Claims, ex: FeatureExample, marked: list[int]) -> float:
         total += 1
         lab = label_report(text)
         words = set(_norm(text).split())
-        hits += float(any(lab.get(k) is not None for k in c.findings)
-                      or any(set(_norm(p).split()) & words - {"no"} for p in c.phrases))
+        hits += float(
+            any(lab.get(k) is not None for k in c.findings)
+            or any(set(_norm(p).split()) & words - {"no"} for p in c.phrases)
+        )
     patches = [ex.tokens[i] for i in marked if ex.tokens[i].startswith("<") and ex.tokens[i].endswith(">")]
     if c.region and patches and ex.patch_map is not None:
         total += 1
@@ -183,8 +218,9 @@ def _fuzz_item(c: Claims, ex: FeatureExample, marked: list[int]) -> float:
     return hits / total if total else 0.5
 
 
-def fuzzing_score(explanation: str, examples: Sequence[FeatureExample], *, frac: float = 0.3,
-                  seed: int = 0) -> dict[str, float]:
+def fuzzing_score(
+    explanation: str, examples: Sequence[FeatureExample], *, frac: float = 0.3, seed: int = 0
+) -> dict[str, float]:
     """Correctly marked (≥ ``frac`` × max) vs randomly marked versions of each example, judged offline."""
     c = parse_claims(explanation)
     rng = np.random.default_rng(seed)

@@ -99,7 +99,11 @@ class FeatureStats:
         out: dict[str, float] = {}
         fire, npos = self.group_fire[:, feature], self.n_positions
         img = [i for i, n in enumerate(self.group_names) if n.startswith("image:")]
-        txt = [i for i, n in enumerate(self.group_names) if not n.startswith("image:") and n not in ("pad", "special")]
+        txt = [
+            i
+            for i, n in enumerate(self.group_names)
+            if not n.startswith("image:") and n not in ("pad", "special")
+        ]
         for name, rows in (("image", img), ("text", txt)):
             n = int(npos[rows].sum())
             if n:
@@ -131,8 +135,21 @@ class FeatureStats:
         return self.hist_edges[a : b + 1].tolist(), inner[a:b].tolist()
 
     # ---- persistence ----------------------------------------------------------------------
-    _TENSORS = ("n_positions", "group_fire", "act_sum", "act_max", "hist_edges", "hist", "top_values", "top_study",
-                "top_position", "sample_values", "sample_study", "sample_position", "n_firing_studies")
+    _TENSORS = (
+        "n_positions",
+        "group_fire",
+        "act_sum",
+        "act_max",
+        "hist_edges",
+        "hist",
+        "top_values",
+        "top_study",
+        "top_position",
+        "sample_values",
+        "sample_study",
+        "sample_position",
+        "n_firing_studies",
+    )
 
     def save(self, folder: str | Path) -> Path:
         """Write ``stats.safetensors`` and ``stats.json`` (group names, study ids) atomically."""
@@ -158,8 +175,11 @@ class FeatureStats:
             raise FileNotFoundError(f"{folder} has no stats.safetensors (written by FeatureStats.save)")
         t = load_file(str(folder / "stats.safetensors"))
         meta = json.loads((folder / "stats.json").read_text())
-        return cls(group_names=meta["group_names"], study_ids=meta["study_ids"],
-                   **{k: t.get(k) for k in cls._TENSORS})
+        return cls(
+            group_names=meta["group_names"],
+            study_ids=meta["study_ids"],
+            **{k: t.get(k) for k in cls._TENSORS},
+        )
 
 
 class FeatureStatsAccumulator:
@@ -169,12 +189,23 @@ class FeatureStatsAccumulator:
     (only the list of study ids grows).
     """
 
-    def __init__(self, d_sae: int, *, top_n: int = 20, reservoir: int = 64, hist_edges: torch.Tensor | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        d_sae: int,
+        *,
+        top_n: int = 20,
+        reservoir: int = 64,
+        hist_edges: torch.Tensor | None = None,
+        seed: int = 0,
+    ) -> None:
         if d_sae < 1 or top_n < 1 or reservoir < 0:
-            raise ValueError(f"need d_sae >= 1, top_n >= 1, reservoir >= 0; got {d_sae}, {top_n}, {reservoir}")
+            raise ValueError(
+                f"need d_sae >= 1, top_n >= 1, reservoir >= 0; got {d_sae}, {top_n}, {reservoir}"
+            )
         self.d_sae, self.top_n, self.reservoir = d_sae, top_n, reservoir
-        self.group_names, _ = role_group_names(torch.zeros(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int8))
+        self.group_names, _ = role_group_names(
+            torch.zeros(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int8)
+        )
         g = len(self.group_names)
         self.n_positions = torch.zeros(g, dtype=torch.int64)
         self.group_fire = torch.zeros(g, d_sae, dtype=torch.int64)
@@ -201,15 +232,25 @@ class FeatureStatsAccumulator:
         return len(self.study_ids) - 1
 
     @torch.no_grad()
-    def update(self, codes: list[torch.Tensor], groups: list[torch.Tensor], positions: list[torch.Tensor],
-               study_index: list[int]) -> None:
+    def update(
+        self,
+        codes: list[torch.Tensor],
+        groups: list[torch.Tensor],
+        positions: list[torch.Tensor],
+        study_index: list[int],
+    ) -> None:
         """Add a batch of studies: per study ``codes [rows, d_sae]`` (selected positions only),
         ``groups [rows]`` (role-group codes), ``positions [rows]`` and its index from :meth:`add_study`."""
         if not (len(codes) == len(groups) == len(positions) == len(study_index)):
             raise ValueError("codes, groups, positions and study_index need one entry per study")
         maxes, argpos = [], []
         for z, grp, pos in zip(codes, groups, positions, strict=True):
-            if z.dim() != 2 or z.shape[1] != self.d_sae or z.shape[0] != grp.shape[0] or grp.shape != pos.shape:
+            if (
+                z.dim() != 2
+                or z.shape[1] != self.d_sae
+                or z.shape[0] != grp.shape[0]
+                or grp.shape != pos.shape
+            ):
                 raise ValueError(
                     f"a study's codes must be [rows, {self.d_sae}] with groups/positions [rows]; got "
                     f"{tuple(z.shape)}, {tuple(grp.shape)}, {tuple(pos.shape)}"
@@ -229,8 +270,9 @@ class FeatureStatsAccumulator:
             rows, feats = torch.nonzero(fires, as_tuple=True)
             if rows.numel():
                 b = torch.bucketize(z[rows, feats].double().log(), self._log_edges, right=True)  # 0..n_bins+1
-                self.hist.view(-1).index_add_(0, feats * (self.n_bins + 2) + b,
-                                              torch.ones_like(b, dtype=torch.int64))
+                self.hist.view(-1).index_add_(
+                    0, feats * (self.n_bins + 2) + b, torch.ones_like(b, dtype=torch.int64)
+                )
             maxes.append(m.clamp(min=0))
             argpos.append(pos[am])
         M = torch.stack(maxes, 1)  # [d_sae, b]
@@ -245,7 +287,14 @@ class FeatureStatsAccumulator:
         if self.reservoir:
             keys = torch.where(fired, torch.rand(M.shape, generator=self._gen), -math.inf)
             self.sample_keys, self.sample_values, self.sample_study, self.sample_position = _merge(
-                keys, vals, S, P, self.sample_keys, self.sample_values, self.sample_study, self.sample_position,
+                keys,
+                vals,
+                S,
+                P,
+                self.sample_keys,
+                self.sample_values,
+                self.sample_study,
+                self.sample_position,
                 self.reservoir,
             )
 
@@ -253,12 +302,20 @@ class FeatureStatsAccumulator:
         empty = torch.isinf(self.top_values)
         s_empty = torch.isinf(self.sample_keys)
         return FeatureStats(
-            group_names=list(self.group_names), n_positions=self.n_positions.clone(),
-            group_fire=self.group_fire.clone(), act_sum=self.act_sum.clone(), act_max=self.act_max.clone(),
-            hist_edges=self.hist_edges.clone(), hist=self.hist.clone(), top_values=self.top_values.clone(),
-            top_study=torch.where(empty, -1, self.top_study), top_position=torch.where(empty, -1, self.top_position),
-            sample_values=self.sample_values.clone(), sample_study=torch.where(s_empty, -1, self.sample_study),
-            sample_position=torch.where(s_empty, -1, self.sample_position), study_ids=list(self.study_ids),
+            group_names=list(self.group_names),
+            n_positions=self.n_positions.clone(),
+            group_fire=self.group_fire.clone(),
+            act_sum=self.act_sum.clone(),
+            act_max=self.act_max.clone(),
+            hist_edges=self.hist_edges.clone(),
+            hist=self.hist.clone(),
+            top_values=self.top_values.clone(),
+            top_study=torch.where(empty, -1, self.top_study),
+            top_position=torch.where(empty, -1, self.top_position),
+            sample_values=self.sample_values.clone(),
+            sample_study=torch.where(s_empty, -1, self.sample_study),
+            sample_position=torch.where(s_empty, -1, self.sample_position),
+            study_ids=list(self.study_ids),
             n_firing_studies=self.n_firing_studies.clone(),
         )
 

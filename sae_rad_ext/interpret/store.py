@@ -55,8 +55,15 @@ class StudyInfo:
 class ScoreWriter:
     """Appends study-level score rows per kind and flushes shards to ``folder/scores/<kind>/``."""
 
-    def __init__(self, folder: str | Path, kinds: list[str], d_sae: int, *, flush_every: int = 256,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        kinds: list[str],
+        d_sae: int,
+        *,
+        flush_every: int = 256,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.folder = Path(folder)
         self.kinds, self.d_sae, self.flush_every, self.dtype = list(kinds), d_sae, flush_every, dtype
         self._rows: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
@@ -72,8 +79,11 @@ class ScoreWriter:
         """One study: its facts and ``{kind: [d_sae]}`` (kinds missing for this study are written as 0)."""
         for k in self.kinds:
             v = scores.get(k)
-            self._rows[k].append(torch.zeros(self.d_sae, dtype=self.dtype) if v is None
-                                 else v.detach().to("cpu", self.dtype).reshape(self.d_sae))
+            self._rows[k].append(
+                torch.zeros(self.d_sae, dtype=self.dtype)
+                if v is None
+                else v.detach().to("cpu", self.dtype).reshape(self.d_sae)
+            )
         self._infos.append(info)
         if len(self._infos) >= self.flush_every:
             self.flush()
@@ -98,8 +108,9 @@ class ScoreWriter:
         self.flush()
         self._info_f.close()
         self._info_tmp.replace(self.folder / "studies.jsonl")
-        (self.folder / "scores" / "kinds.json").write_text(json.dumps({"kinds": self.kinds, "d_sae": self.d_sae,
-                                                                         "n_studies": self.n_written}))
+        (self.folder / "scores" / "kinds.json").write_text(
+            json.dumps({"kinds": self.kinds, "d_sae": self.d_sae, "n_studies": self.n_written})
+        )
 
 
 class ScoreStore:
@@ -109,7 +120,9 @@ class ScoreStore:
         self.folder = Path(folder)
         meta = self.folder / "scores" / "kinds.json"
         if not meta.is_file() or not (self.folder / "studies.jsonl").is_file():
-            raise FileNotFoundError(f"{self.folder} has no scores/kinds.json + studies.jsonl (written by the scan stage)")
+            raise FileNotFoundError(
+                f"{self.folder} has no scores/kinds.json + studies.jsonl (written by the scan stage)"
+            )
         m = json.loads(meta.read_text())
         self.kinds: list[str] = m["kinds"]
         self.d_sae: int = int(m["d_sae"])
@@ -144,9 +157,13 @@ class ScoreStore:
 
     def labels(self, concepts: list[str]) -> torch.Tensor:
         """``[n_studies, n_concepts]`` float: 1 positive, 0 negative or not mentioned, NaN uncertain."""
+
         def val(v: Any) -> float:
             return float("nan") if v == -1 else 1.0 if v == 1 else 0.0
-        return torch.tensor([[val(s.labels.get(c)) for c in concepts] for s in self.studies], dtype=torch.float32)
+
+        return torch.tensor(
+            [[val(s.labels.get(c)) for c in concepts] for s in self.studies], dtype=torch.float32
+        )
 
 
 def _safe(kind: str) -> str:
