@@ -175,7 +175,7 @@ def render_view(p: Patient, st: FindingState, acq: Acquisition, size: int, rng: 
         P[r0:r1, c0:c1] += MU_SOFT * (1.0 - RHO_LUNG) * np.minimum(tot, 12.0)
     # airway, gastric bubble
     car = np.array([0.0, -0.8, p.carina_z])
-    P += tube_projection(view, [np.array([[0.0, -1.5, 22.0], [0.0, -1.0, 8.0], car])], 0.85, -MU_SOFT)
+    P += tube_projection(view, [np.array([[0.0, -1.5, 22.0], [0.0, -1.0, 8.0], car])], 1.0, -MU_SOFT)
     P += tube_projection(view, [np.array([car, car + [-2.2, 0.2, -2.2]]), np.array([car, car + [3.8, 0.2, -2.6]])],
                          0.55, -MU_SOFT * 0.9)
     add_ellipsoid(P, view, np.array([6.5, 0.5, p.dome_left - 2.6]), np.array([2.6, 2.4, 1.4]) * p.bubble, -0.8 * MU_SOFT)
@@ -204,7 +204,7 @@ def render_view(p: Patient, st: FindingState, acq: Acquisition, size: int, rng: 
     for dev in build_devices(p, st):
         proj = tube_projection(view, dev.curves, dev.radius, MU_METAL * dev.mu / 9.0)
         if dev.kind == "ett":  # radiopaque stripe inside a faint plastic tube
-            proj = proj * 0.5 + tube_projection(view, dev.curves, 0.1, MU_METAL * 0.6)
+            proj = proj * 0.5 + tube_projection(view, dev.curves, 0.14, MU_METAL * 1.5)
         if dev.generator is not None:
             gc, gax = dev.generator
             add_ellipsoid(proj, view, gc, gax, MU_METAL, cap=1.2)
@@ -245,7 +245,7 @@ def _spine(p: Patient, view: ViewGrid) -> np.ndarray:
     period = p.rib_spacing * 1.02
     phase = np.mod(oz - (p.rib1_z + 0.9), period) / period
     top = oz < p.rib1_z + 6.0
-    sub += MU_BONE * 0.28 * (body_o - 0.55 * body_i) * ((phase > 0.16) & top)
+    sub += MU_BONE * 0.22 * (body_o - 0.55 * body_i) * ((phase > 0.16) & top)
     for sx in (-1.6, 1.6):
         ped = section_interval(ox, oy, d, sx, -7.6, 0.55, 1.1)
         sub += MU_BONE * 0.3 * length(ped) * ((phase > 0.35) & (phase < 0.75) & top)
@@ -262,9 +262,13 @@ def _film(P: np.ndarray, body: np.ndarray, acq: Acquisition, size: int, rng: np.
     T = np.clip(T + noise, 1e-5, None)
     D = -np.log(T)
     D = ndimage.gaussian_filter(D, 0.45 * size / 224)
+    # DR-style dynamic-range equalisation: compress large-scale density, keep local detail
+    low = ndimage.gaussian_filter(D, 14.0 * size / 224)
+    ref = np.median(low[body]) if body.any() else low.mean()
+    D = D - 0.4 * np.maximum(low - ref, 0.0)
     vals = D[body] if body.any() else D.ravel()
     lo, hi = np.percentile(vals, [1.0, 99.7])
-    lo = lo - 0.12 * (hi - lo)
+    lo, hi = lo - 0.12 * (hi - lo), hi + 0.18 * (hi - lo)  # headroom: dense regions and metal stay unsaturated
     y = np.clip((D - lo) / max(hi - lo, 1e-6), -0.3, 1.2)
     y = y + 0.55 * (y - ndimage.gaussian_filter(y, 2.5 * size / 224))  # unsharp mask (DR processing)
     y = 1.0 / (1.0 + np.exp(-(y - 0.48 - acq.brightness) * 4.2 * acq.contrast))
