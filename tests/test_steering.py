@@ -194,3 +194,35 @@ def test_bad_input_errors(setup):
             batch_size=1,
             max_new_tokens=1,
         )
+
+
+def test_benchmark_mechanics(setup, tmp_path):
+    from sae_rad_ext.interpret.feature_reports import concept_descriptions
+    from sae_rad_ext.interpret.steering_bench import run_steering_benchmark, select_features
+
+    model, proc, studies, sae = setup
+    names = ["pleural_effusion", "pacemaker", "lung_opacity"]
+    picked = select_features(model, proc, studies, sae, names)
+    assert set(picked) == {f for f in names if any(s.labels.get(f) == 1 for s in studies)} != set()
+    assert all(0 <= feat < sae.cfg.d_sae and 0.0 < f1 <= 1.0 for feat, f1 in picked.values())
+    bench = run_steering_benchmark(
+        model,
+        proc,
+        sae,
+        studies[:2],
+        studies[1:],
+        features={"pneumothorax": 5},
+        descriptions=concept_descriptions({5: "pneumothorax"}),
+        coefficients=[100.0],
+        unit="absolute",
+        findings=["pneumothorax"],
+        max_new_tokens=3,
+        out=tmp_path,
+    )
+    r = bench.findings["pneumothorax"]
+    assert r.feature == 5 and r.coefficient == 100.0 and len(r.validation) == 4  # feature+random × (0, 100)
+    assert r.fluency_loss is not None and r.baseline_fluency_loss is not None
+    assert (tmp_path / "steering_pneumothorax.png").is_file() and (
+        tmp_path / "steering_benchmark.json"
+    ).is_file()
+    assert bench.feature_reports is not None and set(bench.summary()) >= {"per_finding", "feature_reports"}
