@@ -127,7 +127,7 @@ def _best_threshold(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 
 
 def calibrate_feature_reporter(
-    descriptions: Mapping[int, str],
+    descriptions: Mapping[int, Any],
     val_acts: torch.Tensor,
     val_truth: Sequence[Mapping[str, int | None]],
     features: Sequence[int],
@@ -147,7 +147,7 @@ def calibrate_feature_reporter(
     missing = [f for f in descriptions if int(f) not in features]
     if missing:
         raise ValueError(f"described features {missing} have no activation column; features={features}")
-    rep = FeatureReporter(features, {int(k): str(v) for k, v in descriptions.items()}, {})
+    rep = FeatureReporter(features, {int(k): str(getattr(v, "text", v)) for k, v in descriptions.items()}, {})
     for j, f in enumerate(features):
         if f not in rep.descriptions:
             continue
@@ -207,7 +207,7 @@ def feature_report_benchmark(
     model: Any,
     processor: Any,
     sae: Any,
-    descriptions: Mapping[int, str],
+    descriptions: Mapping[int, Any],
     val_studies: Sequence[Any],
     test_studies: Sequence[Any],
     *,

@@ -122,10 +122,14 @@ class SaeView:
     def __init__(self, sae: Any, device: torch.device | str, dtype: torch.dtype) -> None:
         cfg = sae.cfg
         norm = getattr(cfg, "normalize_activations", "none")
-        if norm not in ("none", None):
+        if norm in (
+            "constant_norm_rescale",
+            "layer_norm",
+        ):  # per-token run-time rescaling (others are folded)
             raise ValueError(
-                f"SAE normalize_activations={norm!r}: interventions need an SAE that reads the raw hook "
-                "activations; fold the normalisation into the weights first (e.g. sae.fold_activation_norm_scaling_factor)"
+                f"SAE normalize_activations={norm!r} rescales every token at run time, so a feature's "
+                "contribution to the hook is not W_dec[f]; interventions need an SAE that reads the raw hook "
+                "activations (normalize_activations 'none', or a folded 'expected_average_only_in')"
             )
         if str(getattr(cfg.metadata, "hook_name", "") or "").endswith("_z"):
             raise ValueError("hook_z SAEs (per-head reshaping) are not supported by the intervention hooks")

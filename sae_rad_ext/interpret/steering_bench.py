@@ -177,8 +177,8 @@ def run_steering_benchmark(
     val_studies: Sequence[Any],
     test_studies: Sequence[Any],
     *,
-    features: Mapping[str, int] | None = None,
-    descriptions: Mapping[int, str] | None = None,
+    features: Mapping[str, Any] | None = None,
+    descriptions: Mapping[int, Any] | None = None,
     coefficients: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     unit: str = "max_act",
     positions: Selection = "all",
@@ -198,7 +198,7 @@ def run_steering_benchmark(
     if not val or not test:
         raise ValueError(f"need validation and test studies; got {len(val)} and {len(test)}")
     chosen = (
-        {f: (int(i), None) for f, i in features.items()}
+        {f: (int(getattr(i, "feature", i)), None) for f, i in features.items()}
         if features is not None
         else select_features(model, processor, list(val_studies), sae, findings, batch_size=batch_size)
     )
