@@ -189,7 +189,9 @@ def _rank_world() -> tuple[int, int, bool]:
         return dist.get_rank(), dist.get_world_size(), False
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SAE_RAD_DIST_BACKEND") != "gloo" else "gloo"
+        backend = os.environ.get("SAE_RAD_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
         return dist.get_rank(), dist.get_world_size(), True
     return 0, 1, False
