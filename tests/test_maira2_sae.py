@@ -16,6 +16,15 @@ D_IN, D_SAE = 16, 40
 SIZES = [10, 10, 20]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes: one thread (OpenMP barriers cost more than the work, badly so on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _weights(seed=0):
     g = torch.Generator().manual_seed(seed)
     return dict(

@@ -29,6 +29,15 @@ SIZES = [8, 24, 32]
 ENDS = [8, 32, 64]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes: one thread (OpenMP barriers cost more than the work, badly so on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(**kw) -> RadMatryoshkaBatchTopKTrainingSAEConfig:
     base = dict(d_in=D_IN, d_sae=D_SAE, k=K, group_sizes=SIZES)
     base.update(kw)

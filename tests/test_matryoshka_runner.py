@@ -15,6 +15,15 @@ HOOK = "blocks.0.hook_resid_post"
 D_IN, D_SAE, CTX = 32, 128, 16
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes: one thread (OpenMP barriers cost more than the work, badly so on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class _NoModel(HookedRootModule):
     """Cached activations need no LLM; the runner still wants a model object (used only by evals)."""
 
@@ -47,6 +56,7 @@ def _train(tmp_path, steps: int, batch: int = 128):
         n_checkpoints=0,
         dead_feature_window=50,
         feature_sampling_window=100,
+        model_from_pretrained_kwargs={},
         verbose=False,
     )
     tokens = datasets.Dataset.from_dict({"tokens": [[0] * CTX] * 4})  # cached path: tokens only for evals
@@ -83,7 +93,6 @@ def test_runner_trains_on_cached_activations_fast(tmp_path):
     _check(init, trained, out, min_ev=0.3)
 
 
-@pytest.mark.slow
 def test_runner_trains_few_hundred_steps(tmp_path):
     init, trained, out = _train(tmp_path, steps=400)
     after = _check(init, trained, out, min_ev=0.6)
