@@ -19,6 +19,7 @@ activation source changes:
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,6 +168,12 @@ class StudySAETrainingRunner(LanguageModelSAETrainingRunner):
         for chunk in itertools.islice(batched(store.eval_studies(), store.store_batch_size_prompts), 2):
             stats.update_batch(store._activations(chunk))
         return stats.to_dict()
+
+    def save_checkpoint(self, checkpoint_path) -> None:
+        # SAELens's interruption handler (SIGINT/SIGTERM) calls this for a folder nobody created yet.
+        if checkpoint_path is not None:
+            Path(checkpoint_path).mkdir(parents=True, exist_ok=True)
+        super().save_checkpoint(checkpoint_path)
 
     def save_final_sae(self, sae: TrainingSAE[Any], output_path: str, log_feature_sparsity=None):
         if self.activations_store.norm_stats.total:
