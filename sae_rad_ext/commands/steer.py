@@ -139,7 +139,7 @@ def steer(
     items = _studies(studies, split, max_studies)
     if not items:
         raise typer.BadParameter(f"{studies} yielded no studies", param_hint="--studies")
-    n_runs = 1 + sum(1 for _ in coefficients) * (1 if no_random or clamp else 2)
+    n_runs = 1 + sum(1 for c in coefficients if c != 0 or clamp) * (1 if no_random or clamp else 2)
     with Progress() as bar, torch.no_grad():
         task = bar.add_task("generating", total=n_runs * len(items))
         sweep = strength_sweep(
