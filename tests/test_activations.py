@@ -8,7 +8,7 @@ from _studies import random_studies
 from sae_rad_ext.adapters.hooked import HookedMaira2
 from sae_rad_ext.adapters.roles import Role
 
-from sae_rad_ext.activations import RoleNormStats, default_processor, iter_activations
+from sae_rad_ext.activations import RoleNormStats, activations_from_batch, default_processor, iter_activations
 from sae_rad_ext.training import StudyActivationsStore
 
 HOOK = "blocks.2.hook_resid_post"
@@ -29,28 +29,39 @@ def _frontal_corner(roles):
     return (roles.role == Role.IMAGE) & (roles.patch_row == 0) & (roles.image_slot == 0)
 
 
-@pytest.mark.parametrize("positions", ["all", "text", "report", "image", "image:frontal", "image:lateral",
-                                       "maira2_sae_paper", "maira2_sae_paper_with_images", _frontal_corner])
-def test_iter_activations_equal_hooked_cache_exactly(model, positions):
+SELECTIONS = ["all", "text", "report", "image", "image:frontal", "image:lateral", "maira2_sae_paper",
+              "maira2_sae_paper_with_images", _frontal_corner]
+
+
+def _check(out, batch, full, positions, studies):
+    mask = batch.roles.mask(positions)
+    assert torch.equal(out.acts, full[mask])  # exact, bit for bit
+    assert len(out) == int(mask.sum()) > 0
+    b, t = torch.nonzero(mask, as_tuple=True)
+    assert torch.equal(out.token_id, batch.input_ids[b, t])
+    assert torch.equal(out.role, batch.roles.role[b, t].to(torch.int8))
+    assert torch.equal(out.image_slot, batch.roles.image_slot[b, t].to(torch.int8))
+    assert torch.equal(out.patch_row, batch.roles.patch_row[b, t].to(torch.int16))
+    assert torch.equal(out.patch_col, batch.roles.patch_col[b, t].to(torch.int16))
+    assert not bool(((out.role == Role.PAD) | (out.role == Role.SPECIAL)).any())
+    n_pad = (batch.roles.role == Role.PAD).sum(1)  # position counts within the study's own sequence
+    assert torch.equal(out.position, t - n_pad[b])
+    assert out.row_study_ids == [studies[i].study_id for i in b.tolist()]
+
+
+def test_iter_activations_equal_hooked_cache_exactly(model):
     studies = random_studies(5)
     proc = default_processor(model)
-    got = list(iter_activations(model, studies, HOOK, batch_size=3, positions=positions))
-    assert len(got) == 2
-    for i, out in enumerate(got):
-        batch = proc.build(studies[3 * i: 3 * i + 3], task="findings", with_report=True)
-        full = _full_cache(model, batch)  # no stop_at_layer: the whole model ran
-        mask = batch.roles.mask(positions)
-        assert torch.equal(out.acts, full[mask])  # exact, bit for bit
-        assert len(out) == int(mask.sum()) > 0
-        b, t = torch.nonzero(mask, as_tuple=True)
-        assert torch.equal(out.token_id, batch.input_ids[b, t])
-        assert torch.equal(out.role, batch.roles.role[b, t].to(torch.int8))
-        assert torch.equal(out.patch_row, batch.roles.patch_row[b, t].to(torch.int16))
-        assert not bool(((out.role == Role.PAD) | (out.role == Role.SPECIAL)).any())
-        # position is within the study's own sequence: left padding removed
-        n_pad = (batch.roles.role == Role.PAD).sum(1)
-        assert torch.equal(out.position, t - n_pad[b])
-        assert out.row_study_ids[0] == studies[3 * i + int(b[0])].study_id
+    batches = [proc.build(studies[i: i + 3], task="findings", with_report=True) for i in (0, 3)]
+    fulls = [_full_cache(model, b) for b in batches]  # no stop_at_layer: the whole model ran
+    for positions in ("all", "image:frontal", _frontal_corner):
+        got = list(iter_activations(model, studies, HOOK, batch_size=3, positions=positions))
+        assert len(got) == 2
+        for i, out in enumerate(got):
+            _check(out, batches[i], fulls[i], positions, studies[3 * i: 3 * i + 3])
+    for positions in SELECTIONS:  # every selection on the 3-study batch (1, 2 and 3 images, left padding)
+        out = activations_from_batch(model, batches[0], HOOK, positions)
+        _check(out, batches[0], fulls[0], positions, studies[:3])
 
 
 def test_positions_never_select_padding_or_bos(model):
@@ -67,7 +78,7 @@ def test_store_batches_equal_hooked_cache_exactly(model):
         positions="maira2_sae_paper_with_images",
     )
     proc = default_processor(model)
-    for i in range(3):  # third call wraps to the next epoch
+    for i in range(3):  # the third call wraps to the next epoch
         acts, tokens = store.get_raw_llm_batch()
         batch = proc.build(studies[3 * (i % 2): 3 * (i % 2) + 3], task="findings", with_report=True)
         mask = batch.roles.mask("maira2_sae_paper_with_images")

@@ -40,7 +40,7 @@ def _phantoms():
 
 
 def test_stock_runner_trains_from_studies_with_metadata(model, tmp_path):
-    runner = make_runner(_cfg(tmp_path, steps=25, n_checkpoints=1), model, _phantoms,
+    runner = make_runner(_cfg(tmp_path, steps=20, n_checkpoints=1), model, _phantoms,
                          positions="maira2_sae_paper_with_images", data_description="phantom:n=8,seed=3")
     assert isinstance(runner, StudySAETrainingRunner)
     sae = runner.run()
