@@ -94,7 +94,8 @@ def test_matryoshka_architecture_trains_through_make_runner(model, tmp_path):
     runner = make_runner(_cfg(tmp_path, steps=10, sae=sae_cfg), model, _phantoms, positions="maira2_sae_paper_with_images")
     runner.run()
     cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
-    assert cfg["architecture"] in (sae_rad_ext.MATRYOSHKA_ARCHITECTURE, cfg["architecture"])
+    assert cfg["architecture"] == sae_rad_ext.MATRYOSHKA_ARCHITECTURE
+    assert cfg["group_sizes"] == [32, 32, 64]
     assert cfg["metadata"]["position_selection"] == "maira2_sae_paper_with_images"
 
 
