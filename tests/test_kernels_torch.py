@@ -218,6 +218,7 @@ def test_cpu_ops_never_touch_triton(monkeypatch):
     assert seen and set(seen) == {"torch"}
 
 
+@pytest.mark.slow
 def test_bench_kernels_quick_runs(tmp_path):
     """The benchmark script runs end to end (tiny shapes) and records every comparison."""
     import json
