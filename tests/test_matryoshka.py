@@ -293,3 +293,20 @@ def test_training_output_works_with_saelens_trainer_statistics():
     assert trainer.act_freq_scores.sum().item() == pytest.approx(out.feature_acts._nnz())
     trainer.fit()
     assert trainer.n_training_samples == 96 and trainer.n_training_steps == 2  # step() does not count steps
+
+
+@pytest.mark.parametrize("mode", ["dictionary_learning", "saelens"])
+def test_training_sae_dense_encode_decode_for_saelens_evals(mode):
+    """SAELens evals/hooks call the training SAE's encode/forward: dense BatchTopK, sparse-kernel decode."""
+    torch.manual_seed(5)
+    kw = {"rescale_acts_by_decoder_norm": True} if mode == "saelens" else {}
+    sae = RadMatryoshkaBatchTopKTrainingSAE(_cfg(loss_mode=mode, **kw))
+    x = torch.randn(16, D_IN)
+    z = sae.encode(x)
+    assert z.shape == (16, D_SAE) and (z != 0).sum() <= K * 16
+    scale = 1 / sae.W_dec.norm(dim=-1) if mode == "saelens" else torch.ones(D_SAE)
+    ref = (z * scale) @ sae.W_dec + sae.b_dec
+    torch.testing.assert_close(sae(x), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        sae.decode(z, level=0), (z * scale)[:, :8] @ sae.W_dec[:8] + sae.b_dec, rtol=1e-5, atol=1e-5
+    )
