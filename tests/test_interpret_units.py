@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from sae_rad_ext.adapters.roles import ImageSlot, Role
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from sae_rad_ext.activations import role_group_names
-from sae_rad_ext.adapters.roles import ImageSlot, Role
 from sae_rad_ext.interpret.confidence import feature_confidence
 from sae_rad_ext.interpret.explain import EnrichmentExplainer, FeatureContext, highlight, ngrams
 from sae_rad_ext.interpret.metrics import auroc, best_f1_threshold, binary_metrics

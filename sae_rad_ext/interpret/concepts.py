@@ -52,6 +52,11 @@ class AlignmentRow:
     """Chosen on the fit split (F1-maximising); applied unchanged to holdout."""
     fit_f1: float
     fit_auroc: float
+    fit_key: float = 0.0
+    """The fit-split ranking key (F1, then AUROC, then fit map IoU for image kinds, then separation)."""
+    fit_separation: float = 0.0
+    """Fit-split (mean positive − mean negative score) / score std: the tie-breaker when several features
+    separate the fit studies perfectly."""
     iou: float | None = None
     """Holdout mean IoU of the frontal map (≥ t·max) with the concept's mask (image kinds, phantoms)."""
     pointing: float | None = None
@@ -76,7 +81,7 @@ class AlignmentTable:
             and (kind is None or r.kind == kind)
             and (allow_leaks or kind is not None or r.leaks is None)
         ]
-        return max(cands, key=lambda r: (r.fit_f1, r.fit_auroc), default=None)
+        return max(cands, key=lambda r: r.fit_key, default=None)
 
     def for_feature(self, feature: int) -> list[AlignmentRow]:
         """Rows of one feature: non-leaking first, then by holdout F1."""
@@ -141,12 +146,14 @@ def align_concepts(
             f"{int(hold.sum())} holdout — pass more studies or change holdout_fraction"
         )
     iou = overlap.mean_iou("holdout") if overlap is not None else None
+    fit_iou = overlap.mean_iou("fit") if overlap is not None else None
     point = overlap.pointing("holdout") if overlap is not None else None
     ov_idx = (
         {c: i for i, c in enumerate(overlap.concepts) if int(overlap.n[1, i]) > 0}
         if overlap is not None
         else {}
     )
+    fit_ov = {c: i for i, c in enumerate(overlap.concepts) if int(overlap.n[0, i]) > 0} if overlap is not None else {}
     rows: list[AlignmentRow] = []
     C = len(concepts)
     for kind in kinds:
@@ -166,7 +173,11 @@ def align_concepts(
                 thr, f1_fit = best_f1_threshold(Sf, yf)
                 au_fit = auroc(Sf, yf)
                 m = binary_metrics(Sh, yh, thr)
-                keys[c] = f1_fit + 1e-6 * torch.nan_to_num(au_fit)
+                sep = (Sf[yf].double().mean(0) - Sf[~yf].double().mean(0)) / Sf.double().std(0).clamp(min=1e-12)
+                keys[c] = f1_fit + 1e-4 * torch.nan_to_num(au_fit) + 1e-8 * torch.tanh(sep / 10)
+                oi = fit_ov.get(concepts[c])
+                if kind in IMAGE_KINDS and oi is not None:  # image kinds: a map on the mask breaks ties
+                    keys[c] += 1e-6 * fit_iou[oi, a : a + S.shape[1]].double()
                 per_c[c] = dict(
                     f1=m.f1,
                     precision=m.precision,
@@ -175,18 +186,19 @@ def align_concepts(
                     threshold=thr,
                     fit_f1=f1_fit,
                     fit_auroc=au_fit,
+                    fit_separation=sep,
                     n_pos=m.n_pos,
                     n_neg=m.n_neg,
                 )
                 for j in keys[c].topk(min(per_concept, S.shape[1])).indices.tolist():
-                    cand[c].append((float(keys[c, j]), a + j, _pick(per_c[c], j)))
+                    cand[c].append((float(keys[c, j]), a + j, {**_pick(per_c[c], j), "fit_key": float(keys[c, j])}))
             if not per_c:
                 continue
             best_c = keys.argmax(0)
             for j in torch.nonzero((S > 0).any(0)).flatten().tolist():
                 c = int(best_c[j])
                 if c in per_c:
-                    feat_rows.append((a + j, c, _pick(per_c[c], j)))
+                    feat_rows.append((a + j, c, {**_pick(per_c[c], j), "fit_key": float(keys[c, j])}))
         seen = set()
         for c, lst in cand.items():
             for _, f, st in sorted(lst, key=lambda t: -t[0])[:per_concept]:

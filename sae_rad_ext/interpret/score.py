@@ -195,27 +195,32 @@ def detection_score(
 
 
 def _fuzz_item(c: Claims, ex: FeatureExample, marked: list[int]) -> float:
-    """How well the marked positions of one example fit the explanation's claims (0..1)."""
+    """How well the marked positions of one example fit the explanation's claims (0..1): marked text
+    against its findings / phrases, marked image patches against the region it names."""
     hits, total = 0.0, 0
-    text = "".join(ex.tokens[i] for i in marked if not ex.tokens[i].startswith("<"))
-    if c.findings or c.phrases:
+    words = [ex.tokens[i] for i in marked if not _is_patch(ex.tokens[i])]
+    if words and (c.findings or c.phrases):
         total += 1
+        text = "".join(words)
         lab = label_report(text)
-        words = set(_norm(text).split())
+        ws = set(_norm(text).split())
         hits += float(
-            any(lab.get(k) is not None for k in c.findings)
-            or any(set(_norm(p).split()) & words - {"no"} for p in c.phrases)
+            any(lab.get(k) is not None for k in c.findings) or any(set(_norm(p).split()) & ws - {"no"} for p in c.phrases)
         )
-    patches = [ex.tokens[i] for i in marked if ex.tokens[i].startswith("<") and ex.tokens[i].endswith(">")]
-    if c.region and patches and ex.patch_map is not None:
+    patches = [ex.tokens[i] for i in marked if _is_patch(ex.tokens[i])]
+    if patches and c.region and ex.patch_map is not None:
         total += 1
         g = np.zeros_like(np.asarray(ex.patch_map, dtype=np.float32))
         for p in patches:
             m = re.match(r"<\w+ r(\d+) c(\d+)>", p)
             if m:
                 g[int(m.group(1)), int(m.group(2))] = 1.0
-        hits += float(region_words(g) == c.region)
-    return hits / total if total else 0.5
+        hits += float(region_words(g).startswith(c.region))
+    return hits / total if total else 0.0
+
+
+def _is_patch(tok: str) -> bool:
+    return tok.startswith("<") and tok.endswith(">") and " r" in tok
 
 
 def fuzzing_score(
