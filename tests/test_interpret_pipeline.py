@@ -46,7 +46,9 @@ class PlantedModel:
         return self.inner.parameters()
 
     def run_with_cache(self, ids, pixel_values=None, attention_mask=None, **kw):
-        logits, cache = self.inner.run_with_cache(ids, pixel_values=pixel_values, attention_mask=attention_mask, **kw)
+        logits, cache = self.inner.run_with_cache(
+            ids, pixel_values=pixel_values, attention_mask=attention_mask, **kw
+        )
         acts = cache[HOOK]
         P, tok_id = self.cfg.tokens_per_image, self.cfg.image_token_index
         grid = int(round(P**0.5))
@@ -56,7 +58,9 @@ class PlantedModel:
             pos = torch.nonzero(ids[b] == tok_id).flatten()
             for k in range(len(pos) // P):
                 px = pixel_values[img, 0]
-                bright = px.unfold(0, patch, patch).unfold(1, patch, patch).mean((-1, -2)) > 1.0  # [grid, grid]
+                bright = (
+                    px.unfold(0, patch, patch).unfold(1, patch, patch).mean((-1, -2)) > 1.0
+                )  # [grid, grid]
                 bright[: grid // 2] = False  # only the lower half carries the concept
                 if k == 0:  # frontal only
                     acts[b, pos[k * P : (k + 1) * P][bright.flatten()]] += ALPHA * self.d
@@ -76,12 +80,16 @@ def _studies(n: int, size: int = 112) -> list[Study]:
             img[mask.astype(bool)] = 255
         else:
             img[0:42, 70:112] = 255  # the same bright square elsewhere: brightness alone is no cue
-        out.append(Study(
-            study_id=f"p{i}", frontal=img, lateral=img if i % 3 == 0 else None,
-            findings="Small right pleural effusion." if pos else "The lungs are clear. No effusion.",
-            labels={"pleural_effusion": int(pos), "cardiomegaly": int(i % 3 == 1)},
-            metadata={"masks": {"frontal": {"pleural_effusion": mask}}},
-        ))
+        out.append(
+            Study(
+                study_id=f"p{i}",
+                frontal=img,
+                lateral=img if i % 3 == 0 else None,
+                findings="Small right pleural effusion." if pos else "The lungs are clear. No effusion.",
+                labels={"pleural_effusion": int(pos), "cardiomegaly": int(i % 3 == 1)},
+                metadata={"masks": {"frontal": {"pleural_effusion": mask}}},
+            )
+        )
     return out
 
 
@@ -105,8 +113,15 @@ def planted(tmp_path_factory):
     model = PlantedModel(inner, d)
     proc = Maira2Processor.from_model_config(inner.model.config, inner.tokenizer)
     out = tmp_path_factory.mktemp("interp")
-    cfg = InterpretConfig(hook_name=HOOK, concepts=("pleural_effusion", "cardiomegaly"), generate=False,
-                          batch_size=8, max_features=6, n_examples=4, n_detect=8)
+    cfg = InterpretConfig(
+        hook_name=HOOK,
+        concepts=("pleural_effusion", "cardiomegaly"),
+        generate=False,
+        batch_size=8,
+        max_features=6,
+        n_examples=4,
+        n_detect=8,
+    )
     studies = _studies(32)
     res = interpret(model, sae, studies, out, cfg, processor=proc)
     return res, model, sae, studies, out, cfg, proc
@@ -141,21 +156,36 @@ def test_explanation_and_scores_beat_shuffled(planted):
         assert sc["shuffled_metrics"]["auroc"] < 1.0
     # a wrong explanation on the same held-out studies scores at chance
     store = ScoreStore(out / "scan")
-    held = [(s, v) for s, v in zip(store.studies, store.scores("stats")[:, 0].tolist(), strict=True)
-            if s.split == "holdout"]
+    held = [
+        (s, v)
+        for s, v in zip(store.studies, store.scores("stats")[:, 0].tolist(), strict=True)
+        if s.split == "holdout"
+    ]
     pos = [s for s, v in held if v > 0]
     neg = [s for s, v in held if v <= 0]
     assert detection_score(e.text, pos, neg)["auroc"] == 1.0
     assert detection_score("cardiomegaly", pos, neg)["auroc"] < 0.75
     fz = res.scores[0]["fuzzing"]
-    assert fz["n"] > 0 and fz["auroc"] > res.scores[0]["fuzzing_shuffled"]["auroc"] - 1e-9 and fz["auroc"] > 0.5
+    assert (
+        fz["n"] > 0 and fz["auroc"] > res.scores[0]["fuzzing_shuffled"]["auroc"] - 1e-9 and fz["auroc"] > 0.5
+    )
 
 
 def test_outputs_layout_and_interpretation_run(planted):
-    res, out = planted[0], planted[4]
-    for p in ("alignment.csv", "alignment.jsonl", "confidence.jsonl", "features.csv", "summary.json",
-              "examples.jsonl", f"explanations/{HOOK}_latent0.txt", f"scores/detection/{HOOK}_latent0.txt",
-              f"scores/fuzzing/{HOOK}_latent0.txt", "scan/stats.safetensors", "scan/overlap.safetensors"):
+    out = planted[4]
+    for p in (
+        "alignment.csv",
+        "alignment.jsonl",
+        "confidence.jsonl",
+        "features.csv",
+        "summary.json",
+        "examples.jsonl",
+        f"explanations/{HOOK}_latent0.txt",
+        f"scores/detection/{HOOK}_latent0.txt",
+        f"scores/fuzzing/{HOOK}_latent0.txt",
+        "scan/stats.safetensors",
+        "scan/overlap.safetensors",
+    ):
         assert (out / p).is_file(), p
     sc = json.loads((out / "scores" / "detection" / f"{HOOK}_latent0.txt").read_text())
     assert {"explanation", "metrics", "shuffled_explanation", "shuffled_metrics"} <= set(sc)

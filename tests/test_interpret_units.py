@@ -151,11 +151,15 @@ def test_iou_and_pointing_game_on_synthetic_maps():
     src = np.zeros((8, 12), np.uint8)
     src[4:8, 2:6] = 1  # columns 2..5: inside the crop (2..9) → crop columns 0..3 → patches (2..3, 0..1)
     cov = mask_to_grid(src, grid)
-    assert torch.equal(grid_mask(cov), torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]).bool())
+    assert torch.equal(
+        grid_mask(cov), torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]).bool()
+    )
     mask = grid_mask(cov).flatten()
     zmap = torch.zeros(grid * grid, 3)
     zmap[[8, 9, 12, 13], 0] = 1.0  # feature 0: exactly the mask → IoU 1, hit
-    zmap[[8, 9, 10, 11], 1] = torch.tensor([2.0, 2.0, 2.0, 0.5])  # feature 1: on = 8, 9, 10 → IoU 2/5, argmax 8 hit
+    zmap[[8, 9, 10, 11], 1] = torch.tensor(
+        [2.0, 2.0, 2.0, 0.5]
+    )  # feature 1: on = 8, 9, 10 → IoU 2/5, argmax 8 hit
     zmap[[0, 1], 2] = torch.tensor([1.0, 0.2])  # feature 2: on = {0} → IoU 0, miss
     ov = MapOverlap.empty(["pleural_effusion", "pneumothorax"], 3)
     ov.update(zmap, {"pleural_effusion": mask}, "holdout", 0.5)
@@ -171,7 +175,9 @@ def test_iou_and_pointing_game_on_synthetic_maps():
 
 def _info(i: int, effusion: bool, text: str | None = None) -> StudyInfo:
     return StudyInfo(
-        study_id=f"s{i}", split="fit", labels={"pleural_effusion": int(effusion), "cardiomegaly": int(i % 3 == 0)},
+        study_id=f"s{i}",
+        split="fit",
+        labels={"pleural_effusion": int(effusion), "cardiomegaly": int(i % 3 == 0)},
         findings=text or ("Small right pleural effusion." if effusion else "The lungs are clear."),
         views=["frontal"] + (["lateral"] if i % 2 else []),
     )
@@ -180,8 +186,15 @@ def _info(i: int, effusion: bool, text: str | None = None) -> StudyInfo:
 def test_offline_explainer_and_detection_beat_shuffled_baseline():
     studies = [_info(i, i % 2 == 0) for i in range(40)]
     top = [s for s in studies if s.labels["pleural_effusion"] == 1][:10]
-    ex = FeatureExample("s0", ["<frontal r05 c01>", " effusion"], [2.0, 0.1], 0, role="image", view="frontal",
-                        patch_map=[[0.0] * 4, [0.0] * 4, [1.0, 0, 0, 0], [2.0, 1.0, 0, 0]])
+    ex = FeatureExample(
+        "s0",
+        ["<frontal r05 c01>", " effusion"],
+        [2.0, 0.1],
+        0,
+        role="image",
+        view="frontal",
+        patch_map=[[0.0] * 4, [0.0] * 4, [1.0, 0, 0, 0], [2.0, 1.0, 0, 0]],
+    )
     e = EnrichmentExplainer()(FeatureContext(0, top, [1.0] * 10, studies, [ex]))
     assert "pleural effusion" in e.text and "lower image-left" in e.text, e.text
     claims = parse_claims(e.text)
@@ -223,8 +236,10 @@ def test_score_store_blocks(tmp_path):
     w = ScoreWriter(tmp_path, ["image", "last_prompt"], 5, flush_every=2)
     rows = torch.arange(35, dtype=torch.float32).view(7, 5)
     for i in range(7):
-        w.add(StudyInfo(f"s{i}", "fit" if i % 2 else "holdout", labels={"x": [1, 0, -1, None][i % 4]}),
-              {"image": rows[i]})
+        w.add(
+            StudyInfo(f"s{i}", "fit" if i % 2 else "holdout", labels={"x": [1, 0, -1, None][i % 4]}),
+            {"image": rows[i]},
+        )
     w.close()
     st = ScoreStore(tmp_path)
     assert torch.equal(st.scores("image"), rows) and torch.equal(st.block("image", 1, 3), rows[:, 1:3])
@@ -236,6 +251,8 @@ def test_score_store_blocks(tmp_path):
 
 
 def test_slot_group_names_cover_views():
-    names, codes = role_group_names(torch.tensor([int(Role.IMAGE)] * 2, dtype=torch.int8),
-                                    torch.tensor([int(ImageSlot.FRONTAL), int(ImageSlot.LATERAL)], dtype=torch.int8))
+    names, codes = role_group_names(
+        torch.tensor([int(Role.IMAGE)] * 2, dtype=torch.int8),
+        torch.tensor([int(ImageSlot.FRONTAL), int(ImageSlot.LATERAL)], dtype=torch.int8),
+    )
     assert [names[c] for c in codes.tolist()] == ["image:frontal", "image:lateral"]

@@ -153,7 +153,11 @@ def align_concepts(
         if overlap is not None
         else {}
     )
-    fit_ov = {c: i for i, c in enumerate(overlap.concepts) if int(overlap.n[0, i]) > 0} if overlap is not None else {}
+    fit_ov = (
+        {c: i for i, c in enumerate(overlap.concepts) if int(overlap.n[0, i]) > 0}
+        if overlap is not None
+        else {}
+    )
     rows: list[AlignmentRow] = []
     C = len(concepts)
     for kind in kinds:
@@ -173,7 +177,9 @@ def align_concepts(
                 thr, f1_fit = best_f1_threshold(Sf, yf)
                 au_fit = auroc(Sf, yf)
                 m = binary_metrics(Sh, yh, thr)
-                sep = (Sf[yf].double().mean(0) - Sf[~yf].double().mean(0)) / Sf.double().std(0).clamp(min=1e-12)
+                sep = (Sf[yf].double().mean(0) - Sf[~yf].double().mean(0)) / Sf.double().std(0).clamp(
+                    min=1e-12
+                )
                 keys[c] = f1_fit + 1e-4 * torch.nan_to_num(au_fit) + 1e-8 * torch.tanh(sep / 10)
                 oi = fit_ov.get(concepts[c])
                 if kind in IMAGE_KINDS and oi is not None:  # image kinds: a map on the mask breaks ties
@@ -191,7 +197,9 @@ def align_concepts(
                     n_neg=m.n_neg,
                 )
                 for j in keys[c].topk(min(per_concept, S.shape[1])).indices.tolist():
-                    cand[c].append((float(keys[c, j]), a + j, {**_pick(per_c[c], j), "fit_key": float(keys[c, j])}))
+                    cand[c].append(
+                        (float(keys[c, j]), a + j, {**_pick(per_c[c], j), "fit_key": float(keys[c, j])})
+                    )
             if not per_c:
                 continue
             best_c = keys.argmax(0)

@@ -205,7 +205,8 @@ def _fuzz_item(c: Claims, ex: FeatureExample, marked: list[int]) -> float:
         lab = label_report(text)
         ws = set(_norm(text).split())
         hits += float(
-            any(lab.get(k) is not None for k in c.findings) or any(set(_norm(p).split()) & ws - {"no"} for p in c.phrases)
+            any(lab.get(k) is not None for k in c.findings)
+            or any(set(_norm(p).split()) & ws - {"no"} for p in c.phrases)
         )
     patches = [ex.tokens[i] for i in marked if _is_patch(ex.tokens[i])]
     if patches and c.region and ex.patch_map is not None:
