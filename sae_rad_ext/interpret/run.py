@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch
 
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.interpret.assemble import build_records, features_table
+from sae_rad_ext.interpret.autointerp import explain_and_score
+from sae_rad_ext.interpret.autointerp import summary as summarize
 from sae_rad_ext.interpret.concepts import (
     AlignmentRow,
     AlignmentTable,
@@ -36,14 +37,6 @@ from sae_rad_ext.interpret.concepts import (
 )
 from sae_rad_ext.interpret.confidence import Confidence, feature_confidence
 from sae_rad_ext.interpret.scan import MapOverlap, ScanConfig, scan
-from sae_rad_ext.interpret.score import (
-    EmbeddingJudge,
-    KeywordJudge,
-    LLMJudge,
-    detection_score,
-    fuzzing_score,
-    shuffled,
-)
 from sae_rad_ext.interpret.stats import FeatureStats
 from sae_rad_ext.interpret.store import ScoreStore
 from sae_rad_ext.publish.records import Explanation, FeatureExample, InterpretationRun
@@ -258,7 +251,7 @@ def interpret(
                 f = d.pop("feature")
                 examples[(f, d["study_id"])] = FeatureExample(**d)
         # ---- explain + score ----
-        expl, scores = _explain_and_score(
+        expl, scores = explain_and_score(
             cfg,
             feats,
             stats,
@@ -289,7 +282,7 @@ def interpret(
         )
         run.save(out)
         features_table(out / "features.csv", run, conf)
-        summary = _summary(best, best_by_kind, scores, expl, conf, stats)
+        summary = summarize(best, best_by_kind, scores, expl, conf, stats)
         _write_json(out / "summary.json", summary)
         return InterpretResult(out, run, stats, table, best, best_by_kind, conf, expl, scores)
     finally:
@@ -359,122 +352,6 @@ def _wanted_examples(
         have = {f for f, p in pairs if p >= 0}
         out[sid] = sorted((f, p) for f, p in pairs if p >= 0 or f not in have)
     return out, roles
-
-
-def _explain_and_score(
-    cfg, feats, stats, S, store, fit, hold, examples, roles, hook, out, explainer, llm_client, embedder, ui
-):
-    from sae_rad_ext.interpret.explain import EnrichmentExplainer, FeatureContext, LLMExplainer
-
-    if explainer is None:
-        if cfg.explainer == "llm":
-            if llm_client is None:
-                raise ValueError("explainer='llm' needs an llm_client (ChatClient.from_env() / --llm-url)")
-            explainer = LLMExplainer(llm_client)
-        elif cfg.explainer == "offline":
-            explainer = EnrichmentExplainer()
-        else:
-            raise ValueError(f"explainer must be 'offline' or 'llm' (or a callable); got {cfg.explainer!r}")
-    else:
-        from sae_rad_ext.interpret.explain import CallableExplainer
-
-        explainer = (
-            explainer
-            if isinstance(explainer, CallableExplainer | EnrichmentExplainer | LLMExplainer)
-            else CallableExplainer(explainer)
-        )
-    fit_idx, hold_idx = torch.nonzero(fit).flatten(), torch.nonzero(hold).flatten()
-    fit_st = [store.studies[i] for i in fit_idx.tolist()]
-    expl: dict[int, Explanation] = {}
-    tick = ui.task("explain", len(feats))
-    for f in feats:
-        col = S[fit_idx, f]
-        k = min(cfg.n_examples, int((col > 0).sum()))
-        top = col.topk(k) if k else None
-        ctx = FeatureContext(
-            feature=f,
-            top=[fit_st[i] for i in top.indices.tolist()] if top is not None else [],
-            top_values=top.values.tolist() if top is not None else [],
-            background=fit_st,
-            examples=[examples[(f, s)] for s in roles[f]["top"] if (f, s) in examples],
-            role_frequency=stats.role_frequency(f),
-            hook_name=hook,
-        )
-        expl[f] = explainer(ctx)
-        tick(1)
-    judges: dict[str, Any] = {}
-    if "detection" in cfg.scorers:
-        judges["detection"] = KeywordJudge()
-    if "embedding" in cfg.scorers:
-        judges["embedding"] = EmbeddingJudge(embedder)
-    if "llm" in cfg.scorers:
-        if llm_client is None:
-            raise ValueError("the llm scorer needs an llm_client (ChatClient.from_env() / --llm-url)")
-        judges["llm"] = LLMJudge(llm_client)
-    base = shuffled({f: e.text for f, e in expl.items()}, seed=cfg.seed)
-    scores: dict[int, dict[str, dict[str, float]]] = {}
-    g = torch.Generator().manual_seed(cfg.seed)
-    hold_st = [store.studies[i] for i in hold_idx.tolist()]
-    tick = ui.task("score", len(feats))
-    for f in feats:
-        col = S[hold_idx, f]
-        k = min(cfg.n_detect, int((col > 0).sum()))
-        pos = [hold_st[i] for i in col.topk(k).indices.tolist()] if k else []
-        silent = torch.nonzero(col <= 0).flatten()
-        neg = [hold_st[i] for i in silent[torch.randperm(len(silent), generator=g)[: cfg.n_detect]].tolist()]
-        sc: dict[str, dict[str, float]] = {}
-        for name, judge in judges.items():
-            sc[name] = detection_score(expl[f].text, pos, neg, judge)
-            sc[f"{name}_shuffled"] = detection_score(base[f], pos, neg, judge)
-        if "fuzzing" in cfg.scorers:
-            exs = [examples[(f, s)] for s in roles[f]["holdout"] if (f, s) in examples]
-            sc["fuzzing"] = fuzzing_score(expl[f].text, exs, seed=cfg.seed)
-            sc["fuzzing_shuffled"] = fuzzing_score(base[f], exs, seed=cfg.seed)
-        scores[f] = sc
-        e = expl[f]
-        for name, m in sc.items():
-            for metric in ("f1", "auroc"):
-                if metric in m and not math.isnan(m[metric]):
-                    e.scores[f"{name}_{metric}"] = round(m[metric], 4)
-        safe_hook = hook.replace("/", "_")
-        _write_text(out / "explanations" / f"{safe_hook}_latent{f}.txt", json.dumps(e.text))
-        for name in {n.removesuffix("_shuffled") for n in sc}:
-            _write_text(
-                out / "scores" / name / f"{safe_hook}_latent{f}.txt",
-                json.dumps(
-                    {
-                        "explanation": e.text,
-                        "metrics": sc[name],
-                        "shuffled_explanation": base[f],
-                        "shuffled_metrics": sc.get(f"{name}_shuffled"),
-                    }
-                ),
-            )
-        tick(1)
-    return expl, scores
-
-
-def _summary(best, best_by_kind, scores, expl, conf, stats) -> dict[str, Any]:
-    def mean(key: str, metric: str) -> float | None:
-        v = [
-            s[key][metric]
-            for s in scores.values()
-            if key in s and metric in s[key] and not math.isnan(s[key][metric])
-        ]
-        return sum(v) / len(v) if v else None
-
-    return {
-        "best_feature_per_concept": {c: asdict(r) for c, r in best.items()},
-        "best_by_kind": {k: {c: asdict(r) for c, r in by.items()} for k, by in best_by_kind.items()},
-        "scores_mean": {
-            k: {m: mean(k, m) for m in ("f1", "auroc", "balanced_accuracy")}
-            for k in sorted({n for s in scores.values() for n in s})
-        },
-        "n_explained": len(expl),
-        "n_interpretable": sum(c.interpretable for c in conf.values()),
-        "dead": len(stats.dead_features()),
-        "dense": len(stats.dense_features()),
-    }
 
 
 def _write_text(path: Path, text: str) -> None:
