@@ -230,3 +230,44 @@ def test_publishers_accept_the_run(planted, tmp_path):
     out = planted[4]
     site = build_site(InterpretationRun.load(out), tmp_path / "html")
     assert (tmp_path / "html" / "features" / "0.html").is_file() and site
+
+
+@pytest.mark.slow
+def test_cli_interpret_on_phantoms(tmp_path):
+    """`sae-rad interpret` end to end: tiny model, a saved SAELens SAE, phantoms generated on the fly."""
+    from typer.testing import CliRunner
+
+    from sae_rad_ext.cli import app
+
+    inner = HookedMaira2.tiny(seed=0)
+    sae = StandardSAE(StandardSAEConfig(d_in=inner.cfg.d_model, d_sae=32))
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    sae.save_model(str(tmp_path / "sae"))
+    args = [
+        "interpret",
+        "--sae",
+        str(tmp_path / "sae"),
+        "--studies",
+        "phantom:n=12,seed=3,image_size=112",
+        "--out",
+        str(tmp_path / "out"),
+        "--max-new-tokens",
+        "3",
+        "--max-features",
+        "4",
+        "--batch-size",
+        "6",
+    ]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "pleural_effusion" in r.output or "cardiomegaly" in r.output
+    run = InterpretationRun.load(tmp_path / "out")
+    assert len(run) == 32 and run.meta["hook_name"] == "blocks.1.hook_resid_post"
+    kinds = json.loads((tmp_path / "out" / "scan" / "scores" / "kinds.json").read_text())["kinds"]
+    assert "generated" in kinds and "report_tf" in kinds
+    studies = [json.loads(x) for x in (tmp_path / "out" / "scan" / "studies.jsonl").read_text().splitlines()]
+    assert all(s["generated"] is not None for s in studies)
+    r2 = CliRunner().invoke(
+        app, [*args[:-4], "--max-features", "4", "--batch-size", "6", "--scorers", "bogus"]
+    )
+    assert r2.exit_code != 0 and "unknown scorer" in r2.output
