@@ -160,7 +160,9 @@ class RoleNormStats:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RoleNormStats:
-        return cls(dict(state["sums"]), dict(state["sq_sums"]), {k: int(v) for k, v in state["counts"].items()})
+        return cls(
+            dict(state["sums"]), dict(state["sq_sums"]), {k: int(v) for k, v in state["counts"].items()}
+        )
 
     def format_table(self) -> str:
         """Plain-text table: group, count, share, mean L2 norm, RMS norm."""

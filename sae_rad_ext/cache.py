@@ -1,27 +1,7 @@
 """Activation cache in SAELens's cached-activations format, written in resumable shards, optionally by
 several processes under ``torchrun``.
 
-Format (a ``datasets.save_to_disk`` folder; ``datasets.load_from_disk(path)`` opens it and SAELens reads it
-with ``use_cached_activations=True, cached_activations_path=path``). Each row packs ``context_size``
-selected positions (consecutive positions of consecutive studies):
-
-=================  =======================================  =========================================
-column             feature                                  meaning
-=================  =======================================  =========================================
-``<hook_name>``    ``Array2D((context_size, d_in), dtype)``  hook activations (what SAELens trains on)
-``token_ids``      ``Sequence(int32, context_size)``         input token id of each position
-``study_id``       ``Sequence(string, context_size)``        study of each position
-``study_index``    ``Sequence(int64, context_size)``         index of the study in the source stream
-``position``       ``Sequence(int32, context_size)``         position within the study's own sequence
-``role``           ``Sequence(int8, context_size)``          :class:`~sae_rad_ext.adapters.roles.Role`
-``image_slot``     ``Sequence(int8, context_size)``          frontal 0 / lateral 1 / prior 2, text -1
-``patch_row``      ``Sequence(int16, context_size)``         patch-grid row (-1 for text)
-``patch_col``      ``Sequence(int16, context_size)``         patch-grid column (-1 for text)
-=================  =======================================  =========================================
-
-Beside the dataset files: ``sae_rad_cache.json`` (hook, model, positions, counts, per-role norms) and,
-when the selected positions do not fill the last row, ``remainder.safetensors`` (the < ``context_size``
-left-over positions, same columns) so no study's positions are lost.
+Format: :mod:`sae_rad_ext.cache_format` (also re-exported here).
 
 Resumability: studies are cut into shards of ``studies_per_shard`` consecutive studies (shard ``k`` =
 studies ``[k*S, (k+1)*S)`` of the source stream). A shard is written to ``.shards/shard_k.partial``,
@@ -44,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
-from datasets import Array2D, Dataset, Features, Sequence, Value
 from safetensors.torch import load_file, save_file
 
 from sae_rad_ext.activations import (
@@ -58,35 +36,32 @@ from sae_rad_ext.activations import (
 )
 from sae_rad_ext.activations import describe_positions as _describe
 from sae_rad_ext.adapters.roles import Selection
+from sae_rad_ext.cache_format import (
+    CACHE_INFO_FILENAME,
+    FORMAT,
+    REMAINDER_FILENAME,
+    ROLE_COLUMNS,
+    cache_features,
+    cat_columns,
+    load_cache_positions,
+    read_cache_info,
+    rows_dataset,
+    save_dataset,
+)
 from sae_rad_ext.data.study import Study
 
-__all__ = ["CACHE_INFO_FILENAME", "CacheResult", "cache_activations", "cache_features", "load_cache_positions", "read_cache_info"]
+__all__ = [
+    "CACHE_INFO_FILENAME",
+    "CacheResult",
+    "cache_activations",
+    "cache_features",
+    "load_cache_positions",
+    "read_cache_info",
+]
 
-CACHE_INFO_FILENAME = "sae_rad_cache.json"
-REMAINDER_FILENAME = "remainder.safetensors"
-FORMAT = "sae-rad-ext activation cache v1"
 KILL_ENV = "SAE_RAD_CACHE_KILL_AFTER"
 """Testing aid: ``"<n>"`` SIGKILLs this process right after its n-th shard is recorded; ``"<n>:partial"``
 kills it while the n-th shard is half-written (before the rename); add ``":raise"`` to raise instead."""
-
-ROLE_COLUMNS: dict[str, str] = {
-    "token_ids": "int32",
-    "study_index": "int64",
-    "position": "int32",
-    "role": "int8",
-    "image_slot": "int8",
-    "patch_row": "int16",
-    "patch_col": "int16",
-}
-
-
-def cache_features(hook_name: str, context_size: int, d_in: int, dtype: str = "float32") -> Features:
-    """The ``datasets.Features`` of a cache (see the module docstring)."""
-    feats: dict[str, Any] = {hook_name: Array2D(shape=(context_size, d_in), dtype=dtype)}
-    for name, dt in ROLE_COLUMNS.items():
-        feats[name] = Sequence(Value(dt), length=context_size)
-    feats["study_id"] = Sequence(Value("string"), length=context_size)
-    return Features(feats)
 
 
 @dataclass
@@ -121,37 +96,6 @@ def _batch_columns(out: ActivationBatch, first_study: int) -> dict[str, Any]:
         "patch_row": out.patch_row.to(torch.int16),
         "patch_col": out.patch_col.to(torch.int16),
     }
-
-
-def _cat(cols: list[dict[str, torch.Tensor]], d_in: int) -> dict[str, torch.Tensor]:
-    if not cols:
-        return {"acts": torch.zeros(0, d_in), **{k: torch.zeros(0, dtype=getattr(torch, v)) for k, v in ROLE_COLUMNS.items()}}
-    return {k: torch.cat([c[k] for c in cols]) for k in cols[0]}
-
-
-def _rows_dataset(
-    cols: dict[str, torch.Tensor], study_ids: list[str], hook_name: str, ctx: int, dtype: str, base: int = 0
-) -> Dataset:
-    """The full rows of ``cols`` (``study_ids[study_index - base]`` names each position's study)."""
-    n = cols["acts"].shape[0] // ctx
-    d_in = cols["acts"].shape[1]
-    data: dict[str, Any] = {hook_name: cols["acts"][: n * ctx].reshape(n, ctx, d_in).numpy().astype(dtype)}
-    for k in ROLE_COLUMNS:
-        data[k] = cols[k][: n * ctx].reshape(n, ctx).numpy()
-    sid = np.asarray(study_ids, dtype=object)
-    data["study_id"] = [list(r) for r in sid[cols["study_index"][: n * ctx].numpy() - base].reshape(n, ctx)] if n else []
-    return Dataset.from_dict(data, features=cache_features(hook_name, ctx, d_in, dtype))
-
-
-def _save(ds: Dataset, path: Path) -> None:
-    """``save_to_disk`` without datasets' per-call progress bar."""
-    was = datasets.utils.logging.is_progress_bar_enabled()
-    datasets.utils.logging.disable_progress_bar()
-    try:
-        ds.save_to_disk(str(path))
-    finally:
-        if was:
-            datasets.utils.logging.enable_progress_bar()
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -235,14 +179,24 @@ def cache_activations(
     called after each model batch this process runs.
     """
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"cache dtype must be float32 or float16 (what datasets' Array2D stores); got {dtype!r}")
+        raise ValueError(
+            f"cache dtype must be float32 or float16 (what datasets' Array2D stores); got {dtype!r}"
+        )
     out = Path(out_dir)
     info_path = out / CACHE_INFO_FILENAME
     rank, world, own_pg = _rank_world()
     try:
         if info_path.exists() and json.loads(info_path.read_text()).get("complete"):
             info = json.loads(info_path.read_text())
-            return CacheResult(out, info["n_studies"], info["n_rows"], info["n_positions"], info["n_remainder"], 0, info["role_norms"])
+            return CacheResult(
+                out,
+                info["n_studies"],
+                info["n_rows"],
+                info["n_positions"],
+                info["n_remainder"],
+                0,
+                info["role_norms"],
+            )
         shard_dir = out / ".shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = shard_dir / f"manifest-rank{rank}.json"
@@ -272,7 +226,7 @@ def cache_activations(
                 cols.append(_batch_columns(act, first + j * batch_size))
                 if progress is not None:
                     progress(len(sub), len(act))
-            c = _cat(cols, d_in or 0)
+            c = cat_columns(cols, d_in or 0)
             d_in = int(c["acts"].shape[1]) if c["acts"].numel() else d_in
             n_full = c["acts"].shape[0] // context_size
             part = shard_dir / f"shard_{k:06d}.partial"
@@ -280,16 +234,24 @@ def cache_activations(
                 shutil.rmtree(part)
             part.mkdir()
             if n_full:
-                _save(_rows_dataset(c, ids, hook_name, context_size, dtype, base=first), part / "rows")
+                save_dataset(rows_dataset(c, ids, hook_name, context_size, dtype, base=first), part / "rows")
             _maybe_kill(written + 1, "partial")
             tail = {k2: v[n_full * context_size :].contiguous() for k2, v in c.items()}
             save_file(tail, str(part / "tail.safetensors"))
             (part / "study_ids.json").write_text(json.dumps(ids))
             os.replace(part, shard_dir / f"shard_{k:06d}")
-            own.append({
-                "shard": k, "rank": rank, "first_study": first, "n_studies": len(chunk), "n_rows": int(n_full),
-                "n_tail": int(tail["acts"].shape[0]), "d_in": d_in, "norms": stats.state(),
-            })
+            own.append(
+                {
+                    "shard": k,
+                    "rank": rank,
+                    "first_study": first,
+                    "n_studies": len(chunk),
+                    "n_rows": int(n_full),
+                    "n_tail": int(tail["acts"].shape[0]),
+                    "d_in": d_in,
+                    "norms": stats.state(),
+                }
+            )
             _atomic_json(manifest_path, {"shards": sorted(own, key=lambda e: e["shard"])})
             written += 1
             _maybe_kill(written, "recorded")
@@ -302,10 +264,19 @@ def cache_activations(
                 stats.merge(RoleNormStats.from_state(e["norms"]))
             return CacheResult(out, n_studies, 0, 0, 0, written, stats.to_dict())
         result = _merge(
-            out, hook_name, context_size, dtype, n_studies, studies_per_shard,
+            out,
+            hook_name,
+            context_size,
+            dtype,
+            n_studies,
+            studies_per_shard,
             meta={
-                "hook_name": hook_name, "model_name": model_name, "positions": _describe(positions),
-                "with_report": with_report, "task": task, "data": data_description,
+                "hook_name": hook_name,
+                "model_name": model_name,
+                "positions": _describe(positions),
+                "with_report": with_report,
+                "task": task,
+                "data": data_description,
             },
             keep_shards=keep_shards,
         )
@@ -319,14 +290,24 @@ def cache_activations(
             dist.destroy_process_group()
 
 
-def _merge(out: Path, hook_name: str, ctx: int, dtype: str, n_studies: int, sps: int, meta: dict[str, Any],
-           keep_shards: bool) -> CacheResult:
+def _merge(
+    out: Path,
+    hook_name: str,
+    ctx: int,
+    dtype: str,
+    n_studies: int,
+    sps: int,
+    meta: dict[str, Any],
+    keep_shards: bool,
+) -> CacheResult:
     shard_dir = out / ".shards"
     done = _read_manifests(shard_dir)
     n_shards = -(-n_studies // sps)
     missing = [k for k in range(n_shards) if k not in done]
     if missing:
-        raise RuntimeError(f"cannot merge the cache in {out}: shards {missing[:10]} are missing (rerun to resume)")
+        raise RuntimeError(
+            f"cannot merge the cache in {out}: shards {missing[:10]} are missing (rerun to resume)"
+        )
     parts, tails, stats = [], [], RoleNormStats()
     d_in = next((e["d_in"] for e in done.values() if e.get("d_in")), None)
     if d_in is None:
@@ -342,16 +323,20 @@ def _merge(out: Path, hook_name: str, ctx: int, dtype: str, n_studies: int, sps:
         if t["acts"].shape[0]:
             tails.append(t)
         all_ids.extend(ids)
-    tail = _cat(tails, d_in)
+    tail = cat_columns(tails, d_in)
     n_tail_rows = tail["acts"].shape[0] // ctx
     if n_tail_rows:
-        parts.append(_rows_dataset(tail, all_ids, hook_name, ctx, dtype))
+        parts.append(rows_dataset(tail, all_ids, hook_name, ctx, dtype))
     rem = {k: v[n_tail_rows * ctx :].contiguous() for k, v in tail.items()}
-    ds = datasets.concatenate_datasets(parts) if parts else _rows_dataset(_cat([], d_in), [], hook_name, ctx, dtype)
+    ds = (
+        datasets.concatenate_datasets(parts)
+        if parts
+        else rows_dataset(cat_columns([], d_in), [], hook_name, ctx, dtype)
+    )
     tmp = out / ".merge_tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    _save(ds, tmp)
+    save_dataset(ds, tmp)
     for name in ("state.json", "dataset_info.json"):
         (out / name).unlink(missing_ok=True)
     for f in sorted(tmp.iterdir(), key=lambda p: p.name == "state.json"):
@@ -363,48 +348,24 @@ def _merge(out: Path, hook_name: str, ctx: int, dtype: str, n_studies: int, sps:
         save_file(rem, str(out / REMAINDER_FILENAME), metadata={"study_ids": json.dumps(rem_ids)})
     n_rows = len(ds)
     info = {
-        "format": FORMAT, "complete": True, **meta, "context_size": ctx, "d_in": d_in, "dtype": dtype,
-        "n_studies": n_studies, "n_rows": n_rows, "n_positions": n_rows * ctx + int(rem["acts"].shape[0]),
-        "n_remainder": int(rem["acts"].shape[0]), "studies_per_shard": sps,
+        "format": FORMAT,
+        "complete": True,
+        **meta,
+        "context_size": ctx,
+        "d_in": d_in,
+        "dtype": dtype,
+        "n_studies": n_studies,
+        "n_rows": n_rows,
+        "n_positions": n_rows * ctx + int(rem["acts"].shape[0]),
+        "n_remainder": int(rem["acts"].shape[0]),
+        "studies_per_shard": sps,
         "columns": [hook_name, "token_ids", "study_id", *[c for c in ROLE_COLUMNS if c != "token_ids"]],
-        "role_norms": stats.to_dict(), "role_norm_state": stats.state(),
+        "role_norms": stats.to_dict(),
+        "role_norm_state": stats.state(),
     }
     _atomic_json(out / CACHE_INFO_FILENAME, info)
     if not keep_shards:
         shutil.rmtree(shard_dir)
-    return CacheResult(out, n_studies, n_rows, info["n_positions"], info["n_remainder"], 0, info["role_norms"])
-
-
-def read_cache_info(path: str | Path) -> dict[str, Any] | None:
-    """The cache's ``sae_rad_cache.json`` (None if the folder has none)."""
-    p = Path(path) / CACHE_INFO_FILENAME
-    return json.loads(p.read_text()) if p.exists() else None
-
-
-def load_cache_positions(path: str | Path, with_remainder: bool = True) -> dict[str, Any]:
-    """Every cached position as flat columns: ``acts [n, d_in]``, ``study_id`` (list), and the role columns
-    ``[n]`` — dataset rows then the remainder. For inspection and tests (loads everything into memory)."""
-    info = read_cache_info(path)
-    if info is None:
-        raise FileNotFoundError(f"{path} has no {CACHE_INFO_FILENAME}; is it a finished sae-rad cache?")
-    hook, d_in = info["hook_name"], info["d_in"]
-    ds = datasets.load_from_disk(str(path))
-    ds.set_format("torch", columns=[hook, *ROLE_COLUMNS])
-    rows = ds[0 : len(ds)]
-    out: dict[str, Any] = {"acts": rows[hook].reshape(-1, d_in) if len(ds) else torch.zeros(0, d_in)}
-    for c in ROLE_COLUMNS:
-        out[c] = rows[c].reshape(-1) if len(ds) else torch.zeros(0, dtype=getattr(torch, ROLE_COLUMNS[c]))
-    ds.reset_format()
-    out["study_id"] = [s for row in ds[0 : len(ds)]["study_id"] for s in row] if len(ds) else []
-    rp = Path(path) / REMAINDER_FILENAME
-    if with_remainder and rp.exists():
-        from safetensors import safe_open
-
-        rem = load_file(str(rp))
-        with safe_open(str(rp), "pt") as f:
-            rem_ids = json.loads(f.metadata()["study_ids"])
-        out["acts"] = torch.cat([out["acts"], rem["acts"].to(out["acts"].dtype)])
-        for c in ROLE_COLUMNS:
-            out[c] = torch.cat([out[c], rem[c].to(out[c].dtype)])
-        out["study_id"] += rem_ids
-    return out
+    return CacheResult(
+        out, n_studies, n_rows, info["n_positions"], info["n_remainder"], 0, info["role_norms"]
+    )

@@ -17,31 +17,61 @@ from typing import Any
 
 SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
     "model": {
-        "name": ("tiny", "'tiny' (the offline tiny MAIRA-2-architecture model) or a MAIRA-2 checkpoint folder "
-                 "(original 4.x layout, loaded strictly with load_maira2; no remote code)"),
+        "name": (
+            "tiny",
+            "'tiny' (the offline tiny MAIRA-2-architecture model) or a MAIRA-2 checkpoint folder "
+            "(original 4.x layout, loaded strictly with load_maira2; no remote code)",
+        ),
         "seed": (0, "seed of the tiny model's random weights (name: tiny only)"),
-        "device": ("cpu", "device for the model, e.g. cpu, cuda, cuda:1 (under torchrun 'cuda' means cuda:LOCAL_RANK)"),
+        "device": (
+            "cpu",
+            "device for the model, e.g. cpu, cuda, cuda:1 (under torchrun 'cuda' means cuda:LOCAL_RANK)",
+        ),
         "dtype": ("float32", "model weights dtype: float32, bfloat16 or float16"),
-        "model_name": (None, "name recorded in the SAE's metadata (default: 'tiny-maira2' or the folder path)"),
+        "model_name": (
+            None,
+            "name recorded in the SAE's metadata (default: 'tiny-maira2' or the folder path)",
+        ),
     },
     "data": {
-        "phantom": (None, "synthetic phantom studies: {n: 64, seed: 0, image_size: 224, lateral_prob: 0.5, prior_prob: 0.3}"),
-        "source": (None, "a study source for sae_rad_ext.data.readers.open_studies: MIMIC-CXR-JPG root, DICOM folder, "
-                   "HF datasets folder, CSV/JSONL manifest (exactly one of phantom / source)"),
-        "reader": ({}, "keyword arguments for open_studies, e.g. {split: train, on_error: skip, columns: {...}}"),
+        "phantom": (
+            None,
+            "synthetic phantom studies: {n: 64, seed: 0, image_size: 224, lateral_prob: 0.5, prior_prob: 0.3}",
+        ),
+        "source": (
+            None,
+            "a study source for sae_rad_ext.data.readers.open_studies: MIMIC-CXR-JPG root, DICOM folder, "
+            "HF datasets folder, CSV/JSONL manifest (exactly one of phantom / source)",
+        ),
+        "reader": (
+            {},
+            "keyword arguments for open_studies, e.g. {split: train, on_error: skip, columns: {...}}",
+        ),
         "limit": (None, "use only the first N studies of the source"),
-        "eval_phantom": (None, "phantom studies for SAELens's evals (same keys as phantom; default: the training studies)"),
+        "eval_phantom": (
+            None,
+            "phantom studies for SAELens's evals (same keys as phantom; default: the training studies)",
+        ),
         "eval_source": (None, "a study source for evals (default: the training studies)"),
     },
     "positions": {
-        "select": ("maira2_sae_paper", "token positions that enter the SAE: all, text, prompt, report, image, "
-                   "image:frontal|lateral|prior, section:<name>, presets (maira2_sae_paper, "
-                   "maira2_sae_paper_with_images), '+'-joined; padding and BOS/special never enter"),
-        "with_report": (True, "teacher-force each study's report after the prompt (its tokens get role 'report')"),
+        "select": (
+            "maira2_sae_paper",
+            "token positions that enter the SAE: all, text, prompt, report, image, "
+            "image:frontal|lateral|prior, section:<name>, presets (maira2_sae_paper, "
+            "maira2_sae_paper_with_images), '+'-joined; padding and BOS/special never enter",
+        ),
+        "with_report": (
+            True,
+            "teacher-force each study's report after the prompt (its tokens get role 'report')",
+        ),
         "task": ("findings", "prompt task: findings or grounded_reporting"),
     },
     "cache": {
-        "path": (None, "activation cache folder (sae-rad cache writes it; train reads it when runner.use_cached_activations)"),
+        "path": (
+            None,
+            "activation cache folder (sae-rad cache writes it; train reads it when runner.use_cached_activations)",
+        ),
         "context_size": (None, "positions per cache row (default: runner.context_size)"),
         "studies_per_shard": (64, "studies per resumable shard (a kill loses at most one shard's work)"),
         "batch_size": (None, "studies per model forward (default: runner.store_batch_size_prompts)"),
@@ -52,8 +82,13 @@ SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
 
 TEMPLATE_RUNNER: dict[str, Any] = {
     "hook_name": "blocks.15.hook_resid_post",
-    "sae": {"architecture": "rad_matryoshka_batchtopk", "d_sae": 16384, "k": 64,
-            "group_fractions": [0.0625, 0.125, 0.25, 0.5625], "normalize_activations": "expected_average_only_in"},
+    "sae": {
+        "architecture": "rad_matryoshka_batchtopk",
+        "d_sae": 16384,
+        "k": 64,
+        "group_fractions": [0.0625, 0.125, 0.25, 0.5625],
+        "normalize_activations": "expected_average_only_in",
+    },
     "context_size": 512,
     "store_batch_size_prompts": 8,
     "n_batches_in_buffer": 16,
@@ -81,7 +116,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
         cfg = yaml.safe_load(text) or {}
     if not isinstance(cfg, dict):
-        raise ValueError(f"{p}: expected a mapping with sections {['runner', *SECTIONS]}, got {type(cfg).__name__}")
+        raise ValueError(
+            f"{p}: expected a mapping with sections {['runner', *SECTIONS]}, got {type(cfg).__name__}"
+        )
     if isinstance(cfg.get("positions"), str):
         cfg["positions"] = {"select": cfg["positions"]}
     unknown = set(cfg) - {"runner", *SECTIONS}
@@ -91,7 +128,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         sec = cfg.get(name) or {}
         bad = set(sec) - set(fields)
         if bad:
-            raise ValueError(f"{p}: unknown field(s) {sorted(bad)} in section {name!r}; known: {sorted(fields)}")
+            raise ValueError(
+                f"{p}: unknown field(s) {sorted(bad)} in section {name!r}; known: {sorted(fields)}"
+            )
         cfg[name] = {k: sec.get(k, default) for k, (default, _) in fields.items()}
     cfg["runner"] = dict(cfg.get("runner") or {})
     return cfg
@@ -113,8 +152,9 @@ def build_model(sec: dict[str, Any]) -> Any:
     return model
 
 
-def _studies_from(phantom: dict[str, Any] | None, source: str | None, reader: dict[str, Any],
-                  limit: int | None) -> tuple[Callable[[], Iterable[Any]], str, int | None]:
+def _studies_from(
+    phantom: dict[str, Any] | None, source: str | None, reader: dict[str, Any], limit: int | None
+) -> tuple[Callable[[], Iterable[Any]], str, int | None]:
     import itertools
 
     if (phantom is None) == (source is None):
@@ -158,7 +198,9 @@ def build_runner_config(cfg: dict[str, Any], model: Any) -> Any:
     fields = {f.name for f in dataclasses.fields(LanguageModelSAERunnerConfig)}
     bad = set(r) - fields
     if bad:
-        raise ValueError(f"unknown runner field(s) {sorted(bad)}; see `sae-rad train --print-config-template`")
+        raise ValueError(
+            f"unknown runner field(s) {sorted(bad)}; see `sae-rad train --print-config-template`"
+        )
     sae = dict(r.pop("sae", None) or {})
     arch = sae.pop("architecture", "standard")
     sae.setdefault("d_in", int(model.cfg.d_model))
@@ -171,7 +213,9 @@ def build_runner_config(cfg: dict[str, Any], model: Any) -> Any:
             r[k] = tuple(r[k])
     r.setdefault("model_name", model.cfg.model_name)
     r.setdefault("dataset_path", "")
-    return LanguageModelSAERunnerConfig(sae=sae_cfg_cls(**sae), logger=LoggingConfig(**(r.pop("logger", None) or {})), **r)
+    return LanguageModelSAERunnerConfig(
+        sae=sae_cfg_cls(**sae), logger=LoggingConfig(**(r.pop("logger", None) or {})), **r
+    )
 
 
 def latest_checkpoint(base: str | Path) -> Path | None:
@@ -192,14 +236,20 @@ def runner_field_docs() -> list[tuple[str, Any, str]]:
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = "(see SAELens)" if f.name in ("logger", "sae_lens_version", "sae_lens_training_version") else f.default_factory()  # type: ignore[misc]
+            default = (
+                "(see SAELens)"
+                if f.name in ("logger", "sae_lens_version", "sae_lens_training_version")
+                else f.default_factory()
+            )  # type: ignore[misc]
         else:
             default = "(required)"
         text = descr.get(f.name, "")
         if f.name == "sae":
-            text = ("the SAE's training config: {architecture: <name>, d_sae: .., k: .., normalize_activations: "
-                    "none|expected_average_only_in|constant_norm_rescale|layer_norm, ...} — fields of the "
-                    "architecture's TrainingSAEConfig; d_in defaults to the model's width")
+            text = (
+                "the SAE's training config: {architecture: <name>, d_sae: .., k: .., normalize_activations: "
+                "none|expected_average_only_in|constant_norm_rescale|layer_norm, ...} — fields of the "
+                "architecture's TrainingSAEConfig; d_in defaults to the model's width"
+            )
         if f.name == "model_name":
             text = "recorded in the SAE's metadata (default: the model section's model name)"
         if f.name == "model_class_name":
@@ -228,8 +278,11 @@ def config_template() -> str:
     """A commented YAML template with every field of every section."""
     import yaml
 
-    out = ["# sae-rad cache / train config. Sections: model, data, positions, cache (ours) and runner",
-           "# (SAELens LanguageModelSAERunnerConfig, passed through). Values shown are defaults or examples.", ""]
+    out = [
+        "# sae-rad cache / train config. Sections: model, data, positions, cache (ours) and runner",
+        "# (SAELens LanguageModelSAERunnerConfig, passed through). Values shown are defaults or examples.",
+        "",
+    ]
     for name, fields in SECTIONS.items():
         out.append(f"{name}:")
         for k, (default, text) in fields.items():

@@ -241,7 +241,10 @@ class StudyActivationsStore(ActivationsStore):
 
     # ---- eval stream (SAELens's run_evals calls get_batch_tokens, then the model) -------------
     def get_batch_tokens(
-        self, batch_size: int | None = None, raise_at_epoch_end: bool = False, move_to_model_device: bool = True
+        self,
+        batch_size: int | None = None,
+        raise_at_epoch_end: bool = False,
+        move_to_model_device: bool = True,
     ) -> torch.Tensor:
         """Token ids of the next eval batch of studies, :data:`EVAL_MASK_TOKEN` outside the selection.
 

@@ -31,7 +31,13 @@ from sae_rad_ext.activations import RoleNormStats, batched, describe_positions, 
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.store import EVAL_MASK_TOKEN, StudyActivationsStore, StudySource
 
-__all__ = ["EVAL_MASK_TOKEN", "StudyActivationsStore", "StudyBatchModel", "StudySAETrainingRunner", "make_runner"]
+__all__ = [
+    "EVAL_MASK_TOKEN",
+    "StudyActivationsStore",
+    "StudyBatchModel",
+    "StudySAETrainingRunner",
+    "make_runner",
+]
 
 
 class StudyBatchModel:
@@ -82,7 +88,9 @@ class StudyBatchModel:
         out = self.model(ids, **kw, **self._drop(kwargs))
         return self._logits_and_loss(ids, out, return_type)
 
-    def run_with_hooks(self, tokens: torch.Tensor, return_type: str | None = "logits", fwd_hooks=(), **kwargs: Any):
+    def run_with_hooks(
+        self, tokens: torch.Tensor, return_type: str | None = "logits", fwd_hooks=(), **kwargs: Any
+    ):
         ids, kw = self._inputs(tokens)
         out = self.model.run_with_hooks(ids, fwd_hooks=list(fwd_hooks), **kw, **self._drop(kwargs))
         return self._logits_and_loss(ids, out, return_type)

@@ -13,14 +13,16 @@ def random_studies(n: int = 6, seed: int = 0, size: int = 64) -> list[Study]:
     out = []
     for i in range(n):
         img = lambda w=size + 8 * (i % 3): rng.integers(0, 255, (size, w), dtype=np.uint8)  # noqa: E731
-        out.append(Study(
-            study_id=f"r{seed}-{i}",
-            frontal=img(),
-            lateral=img() if i % 2 else None,
-            prior_frontal=img() if i % 3 == 2 else None,
-            prior_report="Mild cardiomegaly." if i % 3 == 2 else None,
-            indication="Cough." if i % 2 == 0 else None,
-            technique="PA and lateral." if i % 2 else None,
-            findings=" ".join(["The lungs are clear."] * (1 + i % 3)),
-        ))
+        out.append(
+            Study(
+                study_id=f"r{seed}-{i}",
+                frontal=img(),
+                lateral=img() if i % 2 else None,
+                prior_frontal=img() if i % 3 == 2 else None,
+                prior_report="Mild cardiomegaly." if i % 3 == 2 else None,
+                indication="Cough." if i % 2 == 0 else None,
+                technique="PA and lateral." if i % 2 else None,
+                findings=" ".join(["The lungs are clear."] * (1 + i % 3)),
+            )
+        )
     return out

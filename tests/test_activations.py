@@ -20,8 +20,12 @@ def model():
 
 
 def _full_cache(model, batch):
-    _, cache = model.run_with_cache(batch.input_ids, pixel_values=batch.pixel_values,
-                                    attention_mask=batch.attention_mask, names_filter=[HOOK])
+    _, cache = model.run_with_cache(
+        batch.input_ids,
+        pixel_values=batch.pixel_values,
+        attention_mask=batch.attention_mask,
+        names_filter=[HOOK],
+    )
     return cache[HOOK]
 
 
@@ -29,8 +33,17 @@ def _frontal_corner(roles):
     return (roles.role == Role.IMAGE) & (roles.patch_row == 0) & (roles.image_slot == 0)
 
 
-SELECTIONS = ["all", "text", "report", "image", "image:frontal", "image:lateral", "maira2_sae_paper",
-              "maira2_sae_paper_with_images", _frontal_corner]
+SELECTIONS = [
+    "all",
+    "text",
+    "report",
+    "image",
+    "image:frontal",
+    "image:lateral",
+    "maira2_sae_paper",
+    "maira2_sae_paper_with_images",
+    _frontal_corner,
+]
 
 
 def _check(out, batch, full, positions, studies):
@@ -52,13 +65,13 @@ def _check(out, batch, full, positions, studies):
 def test_iter_activations_equal_hooked_cache_exactly(model):
     studies = random_studies(5)
     proc = default_processor(model)
-    batches = [proc.build(studies[i: i + 3], task="findings", with_report=True) for i in (0, 3)]
+    batches = [proc.build(studies[i : i + 3], task="findings", with_report=True) for i in (0, 3)]
     fulls = [_full_cache(model, b) for b in batches]  # no stop_at_layer: the whole model ran
     for positions in ("all", "image:frontal", _frontal_corner):
         got = list(iter_activations(model, studies, HOOK, batch_size=3, positions=positions))
         assert len(got) == 2
         for i, out in enumerate(got):
-            _check(out, batches[i], fulls[i], positions, studies[3 * i: 3 * i + 3])
+            _check(out, batches[i], fulls[i], positions, studies[3 * i : 3 * i + 3])
     for positions in SELECTIONS:  # every selection on the 3-study batch (1, 2 and 3 images, left padding)
         out = activations_from_batch(model, batches[0], HOOK, positions)
         _check(out, batches[0], fulls[0], positions, studies[:3])
@@ -73,14 +86,21 @@ def test_positions_never_select_padding_or_bos(model):
 def test_store_batches_equal_hooked_cache_exactly(model):
     studies = random_studies(6, seed=1)
     store = StudyActivationsStore(
-        model, studies, hook_name=HOOK, d_in=model.cfg.d_model, context_size=64, n_batches_in_buffer=2,
-        total_training_tokens=1000, store_batch_size_prompts=3, train_batch_size_tokens=32,
+        model,
+        studies,
+        hook_name=HOOK,
+        d_in=model.cfg.d_model,
+        context_size=64,
+        n_batches_in_buffer=2,
+        total_training_tokens=1000,
+        store_batch_size_prompts=3,
+        train_batch_size_tokens=32,
         positions="maira2_sae_paper_with_images",
     )
     proc = default_processor(model)
     for i in range(3):  # the third call wraps to the next epoch
         acts, tokens = store.get_raw_llm_batch()
-        batch = proc.build(studies[3 * (i % 2): 3 * (i % 2) + 3], task="findings", with_report=True)
+        batch = proc.build(studies[3 * (i % 2) : 3 * (i % 2) + 3], task="findings", with_report=True)
         mask = batch.roles.mask("maira2_sae_paper_with_images")
         assert torch.equal(acts, _full_cache(model, batch)[mask])
         assert torch.equal(tokens, batch.input_ids[mask])
@@ -92,7 +112,9 @@ def test_store_batches_equal_hooked_cache_exactly(model):
 
 def test_role_norm_stats_match_manual(model):
     stats = RoleNormStats()
-    outs = list(iter_activations(model, random_studies(4), HOOK, batch_size=2, positions="all", norm_stats=stats))
+    outs = list(
+        iter_activations(model, random_studies(4), HOOK, batch_size=2, positions="all", norm_stats=stats)
+    )
     acts = torch.cat([o.acts for o in outs])
     role = torch.cat([o.role for o in outs])
     slot = torch.cat([o.image_slot for o in outs])

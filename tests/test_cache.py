@@ -53,7 +53,9 @@ def _rows(path: Path) -> dict[tuple[str, int], torch.Tensor]:
     p = load_cache_positions(path)
     keys = list(zip(p["study_id"], p["position"].tolist(), strict=True))
     assert len(set(keys)) == len(keys), "duplicated positions"
-    meta = torch.stack([p[c].double() for c in ("token_ids", "role", "image_slot", "patch_row", "patch_col")], 1)
+    meta = torch.stack(
+        [p[c].double() for c in ("token_ids", "role", "image_slot", "patch_row", "patch_col")], 1
+    )
     return dict(zip(keys, torch.cat([p["acts"].double(), meta], 1), strict=True))
 
 
@@ -78,9 +80,20 @@ def reference(tmp_path_factory) -> Path:
 def test_format_is_saelens_cached_activations(reference):
     ds = datasets.load_from_disk(str(reference))
     assert ds.features[HOOK].shape == (CTX, 128)
-    assert {"token_ids", "study_id", "study_index", "position", "role", "image_slot", "patch_row", "patch_col"} <= set(ds.column_names)
+    assert {
+        "token_ids",
+        "study_id",
+        "study_index",
+        "position",
+        "role",
+        "image_slot",
+        "patch_row",
+        "patch_col",
+    } <= set(ds.column_names)
     info = read_cache_info(reference)
-    assert info["complete"] and info["hook_name"] == HOOK and info["positions"] == "maira2_sae_paper_with_images"
+    assert (
+        info["complete"] and info["hook_name"] == HOOK and info["positions"] == "maira2_sae_paper_with_images"
+    )
     assert info["model_name"] == "tiny-maira2" and info["n_studies"] == N_STUDIES
     assert info["n_positions"] == len(ds) * CTX + info["n_remainder"] and info["n_remainder"] < CTX
     assert {"image:frontal", "report"} <= set(info["role_norms"])
@@ -126,8 +139,20 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_two_gloo_ranks_equal_one_process(tmp_path, reference):
     cfg = _config(tmp_path, "c2")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "sae_rad_ext", "cache", str(cfg), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "sae_rad_ext",
+        "cache",
+        str(cfg),
+        "--quiet",
+    ]
     res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     manifests = list((tmp_path / "c2").glob(".shards/manifest-rank*.json"))
@@ -140,7 +165,9 @@ def test_sigkill_mid_cache_then_rerun(tmp_path, reference):
     cfg = _config(tmp_path, "c3")
     cmd = [sys.executable, "-m", "sae_rad_ext", "cache", str(cfg), "--quiet"]
     for spec in ("2", "1:partial"):
-        res = subprocess.run(cmd, cwd=tmp_path, env=_env(**{KILL_ENV: spec}), capture_output=True, timeout=600)
+        res = subprocess.run(
+            cmd, cwd=tmp_path, env=_env(**{KILL_ENV: spec}), capture_output=True, timeout=600
+        )
         assert res.returncode == -9, res.stderr[-2000:]
     res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -153,14 +180,26 @@ def test_stock_runner_reads_the_cache(tmp_path, reference):
     from sae_rad_ext.adapters.hooked import HookedMaira2
 
     cfg = LanguageModelSAERunnerConfig(
-        sae=StandardTrainingSAEConfig(d_in=128, d_sae=64), hook_name=HOOK, context_size=CTX,
-        use_cached_activations=True, cached_activations_path=str(reference), store_batch_size_prompts=4,
-        n_batches_in_buffer=4, train_batch_size_tokens=32, training_tokens=32 * 20,
-        logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=str(tmp_path / "sae"), verbose=False,
+        sae=StandardTrainingSAEConfig(d_in=128, d_sae=64),
+        hook_name=HOOK,
+        context_size=CTX,
+        use_cached_activations=True,
+        cached_activations_path=str(reference),
+        store_batch_size_prompts=4,
+        n_batches_in_buffer=4,
+        train_batch_size_tokens=32,
+        training_tokens=32 * 20,
+        logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=None,
+        output_path=str(tmp_path / "sae"),
+        verbose=False,
     )
     # evals are off; the stock store still wants a token dataset beside the cache
-    runner = LanguageModelSAETrainingRunner(cfg, override_model=HookedMaira2.tiny(seed=0),
-                                            override_dataset=Dataset.from_dict({"tokens": [[0] * CTX]}))
+    runner = LanguageModelSAETrainingRunner(
+        cfg,
+        override_model=HookedMaira2.tiny(seed=0),
+        override_dataset=Dataset.from_dict({"tokens": [[0] * CTX]}),
+    )
     runner.run()
     assert (tmp_path / "sae" / "cfg.json").exists()
     first = runner.activations_store.cached_activation_dataset
@@ -173,11 +212,20 @@ def test_sae_rad_train_from_cache(tmp_path, reference):
         "data": {"phantom": {"n": 4, "seed": 7, "image_size": 112}},
         "positions": "maira2_sae_paper_with_images",
         "cache": {"path": str(reference)},
-        "runner": {"hook_name": HOOK, "context_size": CTX, "use_cached_activations": True,
-                   "sae": {"architecture": "standard", "d_sae": 64}, "store_batch_size_prompts": 4,
-                   "n_batches_in_buffer": 4, "train_batch_size_tokens": 32, "training_tokens": 640,
-                   "logger": {"log_to_wandb": False}, "checkpoint_path": None,
-                   "output_path": str(tmp_path / "out"), "verbose": False},
+        "runner": {
+            "hook_name": HOOK,
+            "context_size": CTX,
+            "use_cached_activations": True,
+            "sae": {"architecture": "standard", "d_sae": 64},
+            "store_batch_size_prompts": 4,
+            "n_batches_in_buffer": 4,
+            "train_batch_size_tokens": 32,
+            "training_tokens": 640,
+            "logger": {"log_to_wandb": False},
+            "checkpoint_path": None,
+            "output_path": str(tmp_path / "out"),
+            "verbose": False,
+        },
     }
     p = tmp_path / "t.json"
     p.write_text(json.dumps(cfg))
@@ -185,4 +233,6 @@ def test_sae_rad_train_from_cache(tmp_path, reference):
     assert res.exit_code == 0, res.output + repr(res.exception)
     md = json.loads((tmp_path / "out" / "cfg.json").read_text())["metadata"]
     assert md["cached_activations_path"] == str(reference)
-    assert md["position_selection"] == "maira2_sae_paper_with_images" and md["role_norms"]["report"]["count"] > 0
+    assert (
+        md["position_selection"] == "maira2_sae_paper_with_images" and md["role_norms"]["report"]["count"] > 0
+    )

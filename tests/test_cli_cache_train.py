@@ -58,11 +58,23 @@ def _train_config(tmp_path, steps: int = 20) -> dict:
         "positions": {"select": "maira2_sae_paper_with_images"},
         "runner": {
             "hook_name": "blocks.1.hook_resid_post",
-            "sae": {"architecture": "batchtopk", "d_sae": 128, "k": 8, "normalize_activations": "expected_average_only_in"},
-            "context_size": 128, "store_batch_size_prompts": 3, "n_batches_in_buffer": 4,
-            "train_batch_size_tokens": 64, "training_tokens": 64 * steps, "n_batches_for_norm_estimate": 2,
-            "logger": {"log_to_wandb": False}, "n_checkpoints": 1, "checkpoint_path": str(tmp_path / "ckpt"),
-            "output_path": str(tmp_path / "out"), "verbose": False,
+            "sae": {
+                "architecture": "batchtopk",
+                "d_sae": 128,
+                "k": 8,
+                "normalize_activations": "expected_average_only_in",
+            },
+            "context_size": 128,
+            "store_batch_size_prompts": 3,
+            "n_batches_in_buffer": 4,
+            "train_batch_size_tokens": 64,
+            "training_tokens": 64 * steps,
+            "n_batches_for_norm_estimate": 2,
+            "logger": {"log_to_wandb": False},
+            "n_checkpoints": 1,
+            "checkpoint_path": str(tmp_path / "ckpt"),
+            "output_path": str(tmp_path / "out"),
+            "verbose": False,
         },
     }
 

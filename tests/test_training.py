@@ -11,6 +11,7 @@ from sae_lens import SAE, BatchTopKTrainingSAEConfig, LanguageModelSAERunnerConf
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_rad_ext.adapters.hooked import HookedMaira2
 
+from sae_rad_ext import MATRYOSHKA_ARCHITECTURE, RadMatryoshkaBatchTopKTrainingSAEConfig
 from sae_rad_ext.data.phantom import generate_studies
 from sae_rad_ext.training import EVAL_MASK_TOKEN, StudySAETrainingRunner, make_runner
 
@@ -24,12 +25,26 @@ def model():
 
 def _cfg(tmp_path, steps: int, sae=None, **kw) -> LanguageModelSAERunnerConfig:
     base = dict(
-        sae=sae or BatchTopKTrainingSAEConfig(d_in=128, d_sae=128, k=8, normalize_activations="expected_average_only_in"),
-        hook_name=HOOK, context_size=128, store_batch_size_prompts=4, n_batches_in_buffer=4,
-        train_batch_size_tokens=64, training_tokens=64 * steps, n_batches_for_norm_estimate=3,
-        logger=LoggingConfig(log_to_wandb=True, wandb_log_frequency=5, eval_every_n_wandb_logs=2),  # WANDB_MODE=disabled
-        n_eval_batches=1, eval_batch_size_prompts=2, checkpoint_path=str(tmp_path / "ckpt"),
-        output_path=str(tmp_path / "out"), device="cpu", verbose=False,
+        sae=sae
+        or BatchTopKTrainingSAEConfig(
+            d_in=128, d_sae=128, k=8, normalize_activations="expected_average_only_in"
+        ),
+        hook_name=HOOK,
+        context_size=128,
+        store_batch_size_prompts=4,
+        n_batches_in_buffer=4,
+        train_batch_size_tokens=64,
+        training_tokens=64 * steps,
+        n_batches_for_norm_estimate=3,
+        logger=LoggingConfig(
+            log_to_wandb=True, wandb_log_frequency=5, eval_every_n_wandb_logs=2
+        ),  # WANDB_MODE=disabled
+        n_eval_batches=1,
+        eval_batch_size_prompts=2,
+        checkpoint_path=str(tmp_path / "ckpt"),
+        output_path=str(tmp_path / "out"),
+        device="cpu",
+        verbose=False,
     )
     base.update(kw)
     return LanguageModelSAERunnerConfig(**base)
@@ -40,11 +55,26 @@ def _phantoms():
 
 
 def test_stock_runner_trains_from_studies_with_metadata(model, tmp_path):
-    runner = make_runner(_cfg(tmp_path, steps=20, n_checkpoints=1), model, _phantoms,
-                         positions="maira2_sae_paper_with_images", data_description="phantom:n=8,seed=3")
+    sae_cfg = RadMatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=128,
+        d_sae=128,
+        k=8,
+        group_sizes=[32, 32, 64],
+        threshold_start_step=5,
+        normalize_activations="expected_average_only_in",
+    )
+    runner = make_runner(
+        _cfg(tmp_path, steps=20, sae=sae_cfg, n_checkpoints=1),
+        model,
+        _phantoms,
+        positions="maira2_sae_paper_with_images",
+        data_description="phantom:n=8,seed=3",
+    )
     assert isinstance(runner, StudySAETrainingRunner)
     sae = runner.run()
-    md = json.loads((tmp_path / "out" / "cfg.json").read_text())["metadata"]
+    saved = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert saved["architecture"] == MATRYOSHKA_ARCHITECTURE and saved["group_sizes"] == [32, 32, 64]
+    md = saved["metadata"]
     assert md["hook_name"] == HOOK and md["model_name"] == "tiny-maira2"
     assert md["model_class_name"] == "HookedMaira2"
     assert md["position_selection"] == "maira2_sae_paper_with_images"
@@ -72,6 +102,7 @@ def test_stock_evals_run_on_image_batches(model, tmp_path):
     assert "explained_variance" in metrics["reconstruction_quality"]
 
 
+@pytest.mark.slow
 def test_resume_fast_forwards_the_study_stream(model, tmp_path):
     cfg = _cfg(tmp_path, steps=12, n_checkpoints=1)
     runner = make_runner(cfg, model, lambda: random_studies(6), positions="all")
@@ -85,30 +116,36 @@ def test_resume_fast_forwards_the_study_stream(model, tmp_path):
     r2.run()  # continues from the checkpoint's step to training_tokens
 
 
-def test_matryoshka_architecture_trains_through_make_runner(model, tmp_path):
-    import sae_rad_ext
-    from sae_rad_ext import RadMatryoshkaBatchTopKTrainingSAEConfig
-
-    sae_cfg = RadMatryoshkaBatchTopKTrainingSAEConfig(d_in=128, d_sae=128, k=8, group_sizes=[32, 32, 64],
-                                                      threshold_start_step=5)
-    runner = make_runner(_cfg(tmp_path, steps=10, sae=sae_cfg), model, _phantoms, positions="maira2_sae_paper_with_images")
-    runner.run()
-    cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
-    assert cfg["architecture"] == sae_rad_ext.MATRYOSHKA_ARCHITECTURE
-    assert cfg["group_sizes"] == [32, 32, 64]
-    assert cfg["metadata"]["position_selection"] == "maira2_sae_paper_with_images"
-
-
 @pytest.mark.slow
 def test_few_hundred_steps_explained_variance_rises(model, tmp_path):
-    cfg = _cfg(tmp_path, steps=300, logger=LoggingConfig(log_to_wandb=False), lr=4e-3,
-               sae=BatchTopKTrainingSAEConfig(d_in=128, d_sae=256, k=16, normalize_activations="expected_average_only_in"))
-    runner = make_runner(cfg, model, lambda: generate_studies(24, seed=5, image_size=112),
-                         positions="maira2_sae_paper_with_images")
+    cfg = _cfg(
+        tmp_path,
+        steps=300,
+        logger=LoggingConfig(log_to_wandb=False),
+        lr=4e-3,
+        sae=BatchTopKTrainingSAEConfig(
+            d_in=128, d_sae=256, k=16, normalize_activations="expected_average_only_in"
+        ),
+    )
+    runner = make_runner(
+        cfg,
+        model,
+        lambda: generate_studies(24, seed=5, image_size=112),
+        positions="maira2_sae_paper_with_images",
+    )
     from sae_rad_ext.activations import iter_activations
 
-    x = torch.cat([b.acts for b in iter_activations(model, generate_studies(4, seed=99, image_size=112), HOOK,
-                                                    positions="maira2_sae_paper_with_images")])
+    x = torch.cat(
+        [
+            b.acts
+            for b in iter_activations(
+                model,
+                generate_studies(4, seed=99, image_size=112),
+                HOOK,
+                positions="maira2_sae_paper_with_images",
+            )
+        ]
+    )
 
     def ev(sae):
         with torch.no_grad():

@@ -41,7 +41,10 @@ def _template(value: bool) -> None:
 
 
 _TEMPLATE_OPT = typer.Option(
-    False, "--print-config-template", callback=_template, is_eager=True,
+    False,
+    "--print-config-template",
+    callback=_template,
+    is_eager=True,
     help="Print a commented YAML config with every field (defaults and examples) and exit.",
 )
 
@@ -56,8 +59,13 @@ class _Progress:
         self.start = time.monotonic()
         self.counts: dict[str, int] = {}
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), disable=not enabled, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            disable=not enabled,
+            transient=False,
         )
         self.tasks: dict[str, Any] = {}
 
@@ -110,7 +118,13 @@ def _print_norms(title: str, norms: dict[str, Any]) -> None:
     for col in ("role", "count", "share", "mean ‖x‖", "rms ‖x‖"):
         table.add_column(col, justify="left" if col == "role" else "right")
     for k, v in norms.items():
-        table.add_row(k, f"{v['count']:,}", f"{100 * v['fraction']:.1f}%", f"{v['mean_norm']:.4g}", f"{v['rms_norm']:.4g}")
+        table.add_row(
+            k,
+            f"{v['count']:,}",
+            f"{100 * v['fraction']:.1f}%",
+            f"{v['mean_norm']:.4g}",
+            f"{v['rms_norm']:.4g}",
+        )
     Console().print(table)
 
 
@@ -147,12 +161,21 @@ def cache(
             bar.advance("tokens", n_tok)
 
         result = cache_activations(
-            model, studies, c["path"], hook,
+            model,
+            studies,
+            c["path"],
+            hook,
             context_size=int(c["context_size"] or r.get("context_size", 128)),
-            positions=cfg["positions"]["select"], batch_size=int(c["batch_size"] or r.get("store_batch_size_prompts", 8)),
-            studies_per_shard=int(c["studies_per_shard"]), with_report=cfg["positions"]["with_report"],
-            task=cfg["positions"]["task"], dtype=c["dtype"], model_name=model.cfg.model_name,
-            data_description=description, keep_shards=bool(c["keep_shards"]), progress=progress,
+            positions=cfg["positions"]["select"],
+            batch_size=int(c["batch_size"] or r.get("store_batch_size_prompts", 8)),
+            studies_per_shard=int(c["studies_per_shard"]),
+            with_report=cfg["positions"]["with_report"],
+            task=cfg["positions"]["task"],
+            dtype=c["dtype"],
+            model_name=model.cfg.model_name,
+            data_description=description,
+            keep_shards=bool(c["keep_shards"]),
+            progress=progress,
         )
     if rank == 0:
         typer.echo(
@@ -166,9 +189,16 @@ def cache(
 @app.command("train", help=_TRAIN_HELP, epilog=_epilog(True))
 def train(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML/JSON config (see below)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint under runner.checkpoint_path."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", exists=True, file_okay=False,
-                                           help="Continue from this checkpoint folder (implies --resume)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest checkpoint under runner.checkpoint_path."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        exists=True,
+        file_okay=False,
+        help="Continue from this checkpoint folder (implies --resume).",
+    ),
     print_config_template: bool = _TEMPLATE_OPT,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -190,20 +220,29 @@ def train(
     if resume or checkpoint is not None:
         ckpt = checkpoint or (latest_checkpoint(base_ckpt) if base_ckpt else None)
         if ckpt is None:
-            raise typer.BadParameter(f"--resume: no checkpoint (trainer_state.pt) under {base_ckpt}/<run>/<n>/")
+            raise typer.BadParameter(
+                f"--resume: no checkpoint (trainer_state.pt) under {base_ckpt}/<run>/<n>/"
+            )
         run_cfg.resume_from_checkpoint = str(ckpt)
         run_cfg.checkpoint_path = str(Path(ckpt).parent)  # keep writing into the same run folder
         typer.echo(f"resuming from {ckpt}")
     runner = make_runner(
-        run_cfg, model, studies, positions=cfg["positions"]["select"], with_report=cfg["positions"]["with_report"],
-        eval_studies=build_eval_studies(cfg["data"]), data_description=description,
+        run_cfg,
+        model,
+        studies,
+        positions=cfg["positions"]["select"],
+        with_report=cfg["positions"]["with_report"],
+        eval_studies=build_eval_studies(cfg["data"]),
+        data_description=description,
     )
     runner.activations_store.task = cfg["positions"]["task"]
     with _Progress(enabled=not quiet) as bar, _quiet_sae_lens_tqdm(not quiet):
         bar.add("llm", "model → activations", None, "tok")
         bar.add("train", "SAE training tokens", run_cfg.training_tokens, "tok")
         if run_cfg.resume_from_checkpoint and Path(run_cfg.resume_from_checkpoint).name.isdigit():
-            bar.advance("train", int(Path(run_cfg.resume_from_checkpoint).name), rate_of=0)  # samples already trained
+            bar.advance(
+                "train", int(Path(run_cfg.resume_from_checkpoint).name), rate_of=0
+            )  # samples already trained
             bar.counts["train"] = 0
         runner.activations_store.on_progress = lambda kind, n: bar.advance(kind, n)
         sae = runner.run()
@@ -211,7 +250,11 @@ def train(
     typer.echo(
         f"trained {sae.cfg.architecture()} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} on {md.hook_name} of "
         f"{md.model_name}, positions {md.position_selection!r}; saved to {run_cfg.output_path}"
-        + (f"; checkpoints in {run_cfg.checkpoint_path}" if run_cfg.n_checkpoints or run_cfg.save_final_checkpoint else "")
+        + (
+            f"; checkpoints in {run_cfg.checkpoint_path}"
+            if run_cfg.n_checkpoints or run_cfg.save_final_checkpoint
+            else ""
+        )
     )
     if md.role_norms:
         _print_norms(f"activation norms per role ({md.hook_name})", md.role_norms)
