@@ -96,8 +96,11 @@ def interpret_cmd(
     ),
     split: str | None = typer.Option(None, "--split", help="Split of the source (train/validate/test)."),
     max_studies: int | None = typer.Option(None, "--max-studies", min=1),
-    positions: str = typer.Option(
-        "all", "--positions", help="Positions for the statistics (TokenRoles selection)."
+    positions: str | None = typer.Option(
+        None,
+        "--positions",
+        help="Positions for the statistics (TokenRoles selection; default: the SAE's, else "
+        "maira2_sae_paper_with_images).",
     ),
     generate: bool = typer.Option(
         True, "--generate/--no-generate", help="Also score the model's own generated report."

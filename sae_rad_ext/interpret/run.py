@@ -50,7 +50,9 @@ class InterpretConfig:
 
     hook_name: str | None = None
     """Hook the SAE reads; default: the SAE's ``cfg.metadata.hook_name``."""
-    stats_positions: str = "all"
+    stats_positions: str | None = None
+    """Positions of the statistics / top examples (a TokenRoles selection); default: the SAE's
+    ``cfg.metadata.positions`` if set, else ``maira2_sae_paper_with_images`` (no prompt boilerplate)."""
     concepts: tuple[str, ...] = (*FINDINGS, "no_finding")
     batch_size: int = 4
     generate: bool = True
@@ -69,10 +71,10 @@ class InterpretConfig:
     heatmaps: bool = True
     seed: int = 0
 
-    def scan_config(self, hook: str) -> ScanConfig:
+    def scan_config(self, hook: str, positions: str | None = None) -> ScanConfig:
         return ScanConfig(
             hook_name=hook,
-            stats_positions=self.stats_positions,
+            stats_positions=self.stats_positions or positions or "maira2_sae_paper_with_images",
             concepts=tuple(self.concepts),
             batch_size=self.batch_size,
             generate=self.generate,
@@ -184,7 +186,7 @@ def interpret(
     n_total = len(studies) if isinstance(studies, Sequence) else None
     ui = _Progress(progress)
     try:
-        scfg = cfg.scan_config(hook)
+        scfg = cfg.scan_config(hook, getattr(getattr(sae.cfg, "metadata", None), "positions", None))
         fp_scan = _fingerprint(_sae_fingerprint(sae), studies_key or f"unkeyed-{id(studies)}", asdict(scfg))
         scan_dir = out / "scan"
         if stages.get("scan") != fp_scan or not (scan_dir / "stats.safetensors").is_file():
@@ -272,7 +274,7 @@ def interpret(
         run.meta.update(
             {
                 "hook_name": hook,
-                "positions": cfg.stats_positions,
+                "positions": scfg.stats_positions,
                 "n_studies": len(store),
                 "n_tokens": stats.n_total_positions,
                 "explainer": _explainer_name(cfg, explainer),
