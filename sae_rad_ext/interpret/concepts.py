@@ -88,19 +88,39 @@ class AlignmentTable:
         rows = [r for r in self.rows if r.feature == feature]
         return sorted(rows, key=lambda r: (r.leaks is not None, -r.f1))
 
+    def concept_ranking(self) -> list[AlignmentRow]:
+        """Best features per concept: by concept, non-leaking kinds first, then by the fit-split key."""
+        return sorted(self.rows, key=lambda r: (r.concept, r.leaks is not None, -r.fit_key))
+
+    def feature_ranking(self) -> list[AlignmentRow]:
+        """Best concept per feature: one row per feature (non-leaking kinds preferred), by holdout F1."""
+        best: dict[int, AlignmentRow] = {}
+        for r in self.rows:
+            b = best.get(r.feature)
+            if b is None or (r.leaks is None, r.fit_key) > (b.leaks is None, b.fit_key):
+                best[r.feature] = r
+        return sorted(best.values(), key=lambda r: -r.f1)
+
     def save(self, folder: str | Path) -> None:
+        """``alignment.jsonl`` / ``alignment.csv`` (all rows), ``concepts_ranked.csv`` (best features per
+        concept) and ``features_best_concept.csv`` (best concept per feature)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "alignment.jsonl.tmp", "w") as f:
             for r in self.rows:
                 f.write(json.dumps(asdict(r)) + "\n")
         (folder / "alignment.jsonl.tmp").replace(folder / "alignment.jsonl")
-        with open(folder / "alignment.csv.tmp", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(AlignmentRow.__dataclass_fields__))
-            w.writeheader()
-            for r in self.rows:
-                w.writerow(asdict(r))
-        (folder / "alignment.csv.tmp").replace(folder / "alignment.csv")
+        for name, rows in (
+            ("alignment.csv", self.rows),
+            ("concepts_ranked.csv", self.concept_ranking()),
+            ("features_best_concept.csv", self.feature_ranking()),
+        ):
+            with open(folder / f"{name}.tmp", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(AlignmentRow.__dataclass_fields__))
+                w.writeheader()
+                for r in rows:
+                    w.writerow(asdict(r))
+            (folder / f"{name}.tmp").replace(folder / name)
 
     @classmethod
     def load(cls, folder: str | Path) -> AlignmentTable:
