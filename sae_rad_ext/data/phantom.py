@@ -187,8 +187,13 @@ def _render(p: Patient, st: FindingState, view: str, size: int, rng: np.random.G
 
 
 def make_study(seed: int, index: int, *, image_size: int = 224, lateral_prob: float = 0.5,
-               prior_prob: float = 0.3, finding_probs: dict[str, float] | None = None) -> Study:
-    """Study ``index`` of the phantom stream ``seed`` (independent of all other indices)."""
+               prior_prob: float = 0.3, finding_probs: dict[str, float] | None = None,
+               force: dict[str, bool] | None = None) -> Study:
+    """Study ``index`` of the phantom stream ``seed`` (independent of all other indices).
+
+    ``force`` ({finding: present}) plants or removes findings *after* every other draw (views, prior,
+    acquisition, noise), so two calls that differ only in ``force`` differ only in those findings.
+    """
     probs = {**DEFAULT_FINDING_PROBS, **(finding_probs or {})}
     rng = _rng(seed, index, 0)
     pid = f"phantom-{seed}-{index}"
@@ -204,6 +209,8 @@ def make_study(seed: int, index: int, *, image_size: int = 224, lateral_prob: fl
     prior_d = d0 - timedelta(days=int(rng.integers(1, 400))) if has_prior else None
     report_rng = _rng(seed, index, 2)
     img_rng = _rng(seed, index, 3)
+    if force:
+        st = force_findings(_rng(seed, index, 5), p, st, force)
 
     ves = vessel_tree(p, lung_inside(p, st), np.random.default_rng(p.vessel_seed))
     frontal, fmasks, finfo = _render(p, st, frontal_view, image_size, img_rng, ves)
@@ -246,6 +253,48 @@ def make_study(seed: int, index: int, *, image_size: int = 224, lateral_prob: fl
         indication=rep["indication"], technique=rep["technique"], comparison=rep["comparison"],
         findings=rep["findings"], impression=rep["impression"], labels=labels, metadata=meta,
     )
+
+
+_FINDING_FIELDS = {"cardiomegaly": ("cardiomegaly",), "pleural_effusion": ("effusion",),
+                   "pneumothorax": ("pneumothorax",), "lung_opacity": ("opacity",),
+                   "pacemaker": ("pacemaker", "pacemaker_side"),
+                   "support_lines_tubes": ("ett", "ng_tube", "central_line", "central_side")}
+
+
+def force_findings(rng: np.random.Generator, p: Patient, st: FindingState, force: dict[str, bool]) -> FindingState:
+    """A copy of ``st`` with each ``force`` finding planted (kept if already there, else sampled) or removed."""
+    bad = sorted(set(force) - set(_FINDING_FIELDS))
+    if bad:
+        raise ValueError(f"unknown finding(s) {bad} in force; expected some of {list(_FINDING_FIELDS)}")
+    out, empty = copy.deepcopy(st), FindingState()
+    for k, present in force.items():
+        if present and severity(out)[k] <= 0:
+            new = sample_state(rng, p, {k: 1.0})
+            for f in _FINDING_FIELDS[k]:
+                setattr(out, f, getattr(new, f))
+        elif not present:
+            for f in _FINDING_FIELDS[k]:
+                setattr(out, f, copy.deepcopy(getattr(empty, f)))
+    return out
+
+
+def make_study_pair(seed: int, index: int, finding: str, *, image_size: int = 224, lateral_prob: float = 0.5,
+                    prior_prob: float = 0.3, finding_probs: dict[str, float] | None = None) -> tuple[Study, Study]:
+    """``(absent, present)``: study ``index`` of stream ``seed`` without and with ``finding`` planted.
+
+    Same patient, views, acquisition, noise, prior and other findings; the prompt sections (indication,
+    technique, comparison) of ``present`` are set to ``absent``'s so the two prompts tokenize alike.
+    Only the image(s) of the current study, the report and the labels differ. Ids end in ``-without-<finding>``
+    / ``-with-<finding>``; ``metadata["pair"]`` = ``{"finding", "present"}``.
+    """
+    kw = dict(image_size=image_size, lateral_prob=lateral_prob, prior_prob=prior_prob, finding_probs=finding_probs)
+    absent = make_study(seed, index, force={finding: False}, **kw)
+    present = make_study(seed, index, force={finding: True}, **kw)
+    present.indication, present.technique, present.comparison = absent.indication, absent.technique, absent.comparison
+    for s, on in ((absent, False), (present, True)):
+        s.study_id = f"{s.study_id}-{'with' if on else 'without'}-{finding}"
+        s.metadata["pair"] = {"finding": finding, "present": on}
+    return absent, present
 
 
 def generate_studies(n: int, seed: int = 0, *, start: int = 0, image_size: int = 224, lateral_prob: float = 0.5,

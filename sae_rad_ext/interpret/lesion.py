@@ -54,8 +54,9 @@ class LayerMeans:
 
 
 @torch.no_grad()
-def layer_means(model: Any, processor: Any, studies: Sequence[Study], *, batch_size: int = 16,
-                tick: Tick | None = None) -> LayerMeans:
+def layer_means(
+    model: Any, processor: Any, studies: Sequence[Study], *, batch_size: int = 16, tick: Tick | None = None
+) -> LayerMeans:
     """Mean block contribution per role group over ``studies`` (prompt + teacher-forced report)."""
     n, d = model.cfg.n_layers, model.cfg.d_model
     total = torch.zeros(n, len(GROUP_NAMES), d, dtype=torch.float64)
@@ -79,8 +80,13 @@ def layer_means(model: Any, processor: Any, studies: Sequence[Study], *, batch_s
     return LayerMeans((total / counts.clamp(min=1)[None, :, None]).float(), counts)
 
 
-def lesion_hooks(model: Any, layers: Sequence[int], mode: str = "skip", means: LayerMeans | None = None,
-                 groups: torch.Tensor | None = None) -> list[Hook]:
+def lesion_hooks(
+    model: Any,
+    layers: Sequence[int],
+    mode: str = "skip",
+    means: LayerMeans | None = None,
+    groups: torch.Tensor | None = None,
+) -> list[Hook]:
     """Forward hooks that lesion ``layers`` (``mode`` ``"skip"`` or ``"mean"``).
 
     ``groups`` (``long [batch, prompt_len]``, from :func:`role_groups`) gives the role group of each prompt
@@ -103,13 +109,14 @@ def lesion_hooks(model: Any, layers: Sequence[int], mode: str = "skip", means: L
         if groups is not None:
             off = int(getattr(model, "position_offset", 0))
             k = max(0, min(t, groups.shape[1] - off))
-            g[:, :k] = groups[:, off:off + k].to(x.device)
+            g[:, :k] = groups[:, off : off + k].to(x.device)
         return g
 
     def pre(L: int) -> Callable[..., torch.Tensor]:
         def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
             saved[L] = x
             return x
+
         return fn
 
     def post(L: int) -> Callable[..., torch.Tensor]:
@@ -119,6 +126,7 @@ def lesion_hooks(model: Any, layers: Sequence[int], mode: str = "skip", means: L
                 return base
             delta = means.delta[L].to(x.device, x.dtype)  # [n_groups, d]
             return base + delta[chunk_groups(x)]
+
         return fn
 
     hooks: list[Hook] = []
@@ -127,8 +135,9 @@ def lesion_hooks(model: Any, layers: Sequence[int], mode: str = "skip", means: L
     return hooks
 
 
-def lesion_configs(n_layers: int, modes: Sequence[str] = ("skip", "mean"), windows: Sequence[int] = (2,)
-                   ) -> dict[str, tuple[str, list[int]]]:
+def lesion_configs(
+    n_layers: int, modes: Sequence[str] = ("skip", "mean"), windows: Sequence[int] = (2,)
+) -> dict[str, tuple[str, list[int]]]:
     """``{"skip 3": ("skip", [3]), "mean 2-3": ("mean", [2, 3]), …}``: single blocks, then sliding windows."""
     out: dict[str, tuple[str, list[int]]] = {}
     for mode in modes:
@@ -159,8 +168,15 @@ class LesionResult:
     """name → the first generated reports (for reading)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"configs": self.configs, "f1": self.f1, "f1_drop": self.f1_drop, "loglik": self.loglik,
-                "loglik_drop": self.loglik_drop, "n_studies": self.n_studies, "examples": self.examples}
+        return {
+            "configs": self.configs,
+            "f1": self.f1,
+            "f1_drop": self.f1_drop,
+            "loglik": self.loglik,
+            "loglik_drop": self.loglik_drop,
+            "n_studies": self.n_studies,
+            "examples": self.examples,
+        }
 
 
 def _max_new_tokens(processor: Any, studies: Sequence[Study]) -> int:
@@ -170,10 +186,20 @@ def _max_new_tokens(processor: Any, studies: Sequence[Study]) -> int:
 
 
 @torch.no_grad()
-def lesion_maps(model: Any, processor: Any, studies: Sequence[Study], targets: np.ndarray, *,
-                modes: Sequence[str] = ("skip", "mean"), windows: Sequence[int] = (2,),
-                means: LayerMeans | None = None, max_new_tokens: int | None = None, batch_size: int = 16,
-                n_examples: int = 2, tick: Tick | None = None) -> LesionResult:
+def lesion_maps(
+    model: Any,
+    processor: Any,
+    studies: Sequence[Study],
+    targets: np.ndarray,
+    *,
+    modes: Sequence[str] = ("skip", "mean"),
+    windows: Sequence[int] = (2,),
+    means: LayerMeans | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    n_examples: int = 2,
+    tick: Tick | None = None,
+) -> LesionResult:
     """Generate reports and score reference reports with each lesion of :func:`lesion_configs`."""
     studies = list(studies)
     if targets.shape != (len(studies), len(FINDINGS)):
@@ -190,11 +216,15 @@ def lesion_maps(model: Any, processor: Any, studies: Sequence[Study], targets: n
         texts: list[str] = []
         ll, nt = 0.0, 0
         for gb, tb in zip(gen_batches, tf_batches, strict=True):
-            hooks = [] if mode == "none" else lesion_hooks(model, layers, mode, means, role_groups(gb.roles.role))
+            hooks = (
+                [] if mode == "none" else lesion_hooks(model, layers, mode, means, role_groups(gb.roles.role))
+            )
             ids, kw = model_inputs(gb, dev)
             out = model.generate(ids, max_new_tokens=mnt, fwd_hooks=hooks, **kw)
             texts += processor.decode_generated(gb, out)
-            hooks = [] if mode == "none" else lesion_hooks(model, layers, mode, means, role_groups(tb.roles.role))
+            hooks = (
+                [] if mode == "none" else lesion_hooks(model, layers, mode, means, role_groups(tb.roles.role))
+            )
             ids, kw = model_inputs(tb, dev)
             logits = model.run_with_hooks(ids, fwd_hooks=hooks, **kw)
             s, n = report_loglik(logits, tb)

@@ -61,7 +61,9 @@ def study_targets(studies: Sequence[Study], source: str = "auto") -> np.ndarray:
         raise ValueError(f"target source must be 'auto', 'labels' or 'report'; got {source!r}")
     rows = []
     for s in studies:
-        use_labels = source == "labels" or (source == "auto" and any(s.labels.get(k) is not None for k in FINDINGS))
+        use_labels = source == "labels" or (
+            source == "auto" and any(s.labels.get(k) is not None for k in FINDINGS)
+        )
         lab = s.labels if use_labels else label_report(s.report)
         b = binarize({k: lab.get(k) for k in FINDINGS})
         rows.append([b[k] for k in FINDINGS])
@@ -84,9 +86,24 @@ def role_groups(role: torch.Tensor) -> torch.Tensor:
     """``long [batch, seq]`` group of each position: image, prompt text, report, other (BOS/EOS/PAD)."""
     g = torch.full(role.shape, GROUP_OTHER, dtype=torch.long, device=role.device)
     g[role == Role.IMAGE] = GROUP_IMAGE
-    prompt = torch.isin(role, torch.tensor([int(r) for r in (Role.INSTRUCTION, Role.INDICATION, Role.TECHNIQUE,
-                                                              Role.COMPARISON, Role.PRIOR_REPORT, Role.PHRASE)],
-                                           dtype=role.dtype, device=role.device))
+    prompt = torch.isin(
+        role,
+        torch.tensor(
+            [
+                int(r)
+                for r in (
+                    Role.INSTRUCTION,
+                    Role.INDICATION,
+                    Role.TECHNIQUE,
+                    Role.COMPARISON,
+                    Role.PRIOR_REPORT,
+                    Role.PHRASE,
+                )
+            ],
+            dtype=role.dtype,
+            device=role.device,
+        ),
+    )
     g[prompt] = GROUP_PROMPT
     g[role == Role.REPORT] = GROUP_REPORT
     return g
@@ -141,5 +158,6 @@ def f1(pred: np.ndarray, y: np.ndarray) -> float:
 
 def generated_labels(texts: Sequence[str]) -> np.ndarray:
     """``int [n, n_findings]`` labeler output (uncertain → positive) for generated reports."""
-    return np.asarray([[binarize(label_report(t))[k] for k in FINDINGS] for t in texts],
-                      dtype=np.int64).reshape(len(texts), len(FINDINGS))
+    return np.asarray(
+        [[binarize(label_report(t))[k] for k in FINDINGS] for t in texts], dtype=np.int64
+    ).reshape(len(texts), len(FINDINGS))

@@ -63,9 +63,16 @@ def _study_info(s: Study) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def pooled_activations(model: Any, processor: Any, studies: Iterable[Study], layers: Sequence[int], *,
-                       batch_size: int = 16, pools: Sequence[str] = POOLS, tick: Tick | None = None
-                       ) -> PooledActivations:
+def pooled_activations(
+    model: Any,
+    processor: Any,
+    studies: Iterable[Study],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 16,
+    pools: Sequence[str] = POOLS,
+    tick: Tick | None = None,
+) -> PooledActivations:
     """Run each study (prompt + teacher-forced reference report) once and pool the residual stream."""
     layers = check_layers(layers, model.cfg.n_layers)
     bad = sorted(set(pools) - set(POOLS))
@@ -103,8 +110,13 @@ def pooled_activations(model: Any, processor: Any, studies: Iterable[Study], lay
             tick(len(chunk))
     if not ids:
         raise ValueError("pooled_activations got no studies; pass at least a few dozen for probes")
-    return PooledActivations(layers, {p: np.concatenate(v, axis=1) for p, v in chunks.items()},
-                             {p: np.concatenate(v) for p, v in present.items()}, ids, info)
+    return PooledActivations(
+        layers,
+        {p: np.concatenate(v, axis=1) for p, v in chunks.items()},
+        {p: np.concatenate(v) for p, v in present.items()},
+        ids,
+        info,
+    )
 
 
 @dataclass
@@ -126,13 +138,20 @@ class ProbeCurves:
     """``"pool/finding"`` → why no probe was fitted (e.g. one class only)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "auroc": self.auroc, "accuracy": self.accuracy,
-                "majority_accuracy": self.majority_accuracy, "n_train": self.n_train, "n_test": self.n_test,
-                "skipped": self.skipped}
+        return {
+            "layers": self.layers,
+            "auroc": self.auroc,
+            "accuracy": self.accuracy,
+            "majority_accuracy": self.majority_accuracy,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "skipped": self.skipped,
+        }
 
 
-def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-              c: float = 0.1) -> tuple[float, float]:
+def fit_probe(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *, c: float = 0.1
+) -> tuple[float, float]:
     """``(accuracy, auroc)`` on the test rows of an L2 logistic-regression probe on standardised features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -142,17 +161,30 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_te
     clf = LogisticRegression(C=c, max_iter=1000).fit(sc.transform(x_train), y_train)
     xt = sc.transform(x_test)
     acc = float((clf.predict(xt) == y_test).mean())
-    auc = float(roc_auc_score(y_test, clf.decision_function(xt))) if 0 < y_test.sum() < len(y_test) else float("nan")
+    auc = (
+        float(roc_auc_score(y_test, clf.decision_function(xt)))
+        if 0 < y_test.sum() < len(y_test)
+        else float("nan")
+    )
     return acc, auc
 
 
-def probe_curves(pooled: PooledActivations, targets: np.ndarray, holdout: np.ndarray, *, c: float = 0.1,
-                 min_per_class: int = 3, tick: Tick | None = None) -> ProbeCurves:
+def probe_curves(
+    pooled: PooledActivations,
+    targets: np.ndarray,
+    holdout: np.ndarray,
+    *,
+    c: float = 0.1,
+    min_per_class: int = 3,
+    tick: Tick | None = None,
+) -> ProbeCurves:
     """Fit one probe per (pool, layer, finding) on non-held-out studies, score it on held-out ones."""
     n = len(pooled.study_ids)
     if targets.shape != (n, len(FINDINGS)) or holdout.shape != (n,):
-        raise ValueError(f"targets must be [{n}, {len(FINDINGS)}] and holdout [{n}]; got {targets.shape} and "
-                         f"{holdout.shape}")
+        raise ValueError(
+            f"targets must be [{n}, {len(FINDINGS)}] and holdout [{n}]; got {targets.shape} and "
+            f"{holdout.shape}"
+        )
     auroc: dict[str, dict[str, list[float]]] = {}
     acc: dict[str, dict[str, list[float]]] = {}
     major: dict[str, dict[str, float]] = {}
@@ -164,18 +196,26 @@ def probe_curves(pooled: PooledActivations, targets: np.ndarray, holdout: np.nda
         for j, k in enumerate(FINDINGS):
             y_tr, y_te = targets[tr, j], targets[te, j]
             nan = [float("nan")] * len(pooled.layers)
-            counts = (int(y_tr.sum()), int(len(y_tr) - y_tr.sum()), int(y_te.sum()), int(len(y_te) - y_te.sum()))
+            counts = (
+                int(y_tr.sum()),
+                int(len(y_tr) - y_tr.sum()),
+                int(y_te.sum()),
+                int(len(y_te) - y_te.sum()),
+            )
             if min(counts[:2]) < min_per_class or min(counts[2:]) < 1:
-                skipped[f"{p}/{k}"] = (f"too few studies per class (train +{counts[0]}/-{counts[1]}, held-out "
-                                       f"+{counts[2]}/-{counts[3]}; need ≥{min_per_class} per class in train, 1 in test)")
+                skipped[f"{p}/{k}"] = (
+                    f"too few studies per class (train +{counts[0]}/-{counts[1]}, held-out "
+                    f"+{counts[2]}/-{counts[3]}; need ≥{min_per_class} per class in train, 1 in test)"
+                )
                 auroc[p][k], acc[p][k], major[p][k] = nan, list(nan), float("nan")
             else:
                 maj = int(y_tr.mean() >= 0.5)
                 major[p][k] = float((y_te == maj).mean())
-                scores = [fit_probe(a[li][tr], y_tr, a[li][te], y_te, c=c) for li in range(len(pooled.layers))]
+                scores = [
+                    fit_probe(a[li][tr], y_tr, a[li][te], y_te, c=c) for li in range(len(pooled.layers))
+                ]
                 acc[p][k] = [s[0] for s in scores]
                 auroc[p][k] = [s[1] for s in scores]
             if tick:
                 tick(1)
     return ProbeCurves(list(pooled.layers), auroc, acc, major, n_train, n_test, skipped)
-

@@ -1,0 +1,143 @@
+"""``sae-rad map``: knowledge maps (probes, UMAP, lesioning, patching, saliency) and a recommended layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sae_rad_ext.cli import app
+
+
+def _parse_ints(text: str | None, what: str) -> list[int] | None:
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if ".." in part or (part.count("-") == 1 and not part.startswith("-")):
+                a, b = part.split(".." if ".." in part else "-")
+                out += list(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+        except ValueError:
+            raise typer.BadParameter(
+                f"{what}: expected integers like '-1,0,3' or '0-5'; got {text!r}"
+            ) from None
+    return out
+
+
+def _studies(source: str, limit: int | None, image_size: int) -> list:
+    if source.startswith("phantom:"):
+        from sae_rad_ext.data.phantom import generate_studies
+
+        opts = dict(p.split("=", 1) if "=" in p else ("n", p) for p in source[8:].split(",") if p)
+        try:
+            n, seed = int(opts.pop("n", 200)), int(opts.pop("seed", 0))
+            size = int(opts.pop("image_size", image_size))
+        except ValueError:
+            raise typer.BadParameter(
+                f"--studies {source!r}: expected phantom:N[,seed=S][,image_size=PX]"
+            ) from None
+        if opts:
+            raise typer.BadParameter(
+                f"--studies {source!r}: unknown phantom option(s) {sorted(opts)}; "
+                "expected n, seed, image_size"
+            )
+        return list(generate_studies(min(n, limit) if limit else n, seed, image_size=size))
+    from sae_rad_ext.data.readers import open_studies
+
+    studies = open_studies(source, on_error="skip")
+    out = []
+    for s in studies:
+        out.append(s)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+@app.command("map")
+def map_command(
+    studies: str = typer.Option(
+        ..., "--studies", help="Study source (folder, manifest, …) or phantom:N[,seed=S]."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder (PNGs, knowledge_maps.json, recommendation.txt)."
+    ),
+    model: str = typer.Option(
+        "tiny", "--model", help="'tiny' (untrained, for a smoke run) or a MAIRA-2 folder."
+    ),
+    layers: str = typer.Option(
+        None, "--layers", help="Layers, e.g. '-1,0-5' (-1 = embeddings); default all."
+    ),
+    techniques: str = typer.Option(
+        "probe,lesion,patch,saliency",
+        "--techniques",
+        help="Comma list of probe, umap, lesion, patch, saliency.",
+    ),
+    limit: int = typer.Option(None, "--limit", help="Use at most this many studies."),
+    n_pairs: int = typer.Option(8, "--pairs", help="Phantom pairs per finding for patching."),
+    lesion_studies: int = typer.Option(48, "--lesion-studies", help="Studies generated per lesion."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generation length for lesioning."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Map where findings live in the model (issue 9) and recommend a layer for an SAE."""
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sae_rad_ext.adapters.hooked import HookedMaira2
+    from sae_rad_ext.interpret.knowledge_maps import TECHNIQUES, MapConfig, build_knowledge_maps
+
+    console = Console()
+    tech = [t.strip() for t in techniques.split(",") if t.strip()]
+    bad = sorted(set(tech) - set(TECHNIQUES))
+    if bad:
+        raise typer.BadParameter(
+            f"--techniques: unknown {bad}; expected a comma list of {', '.join(TECHNIQUES)}"
+        )
+    if model != "tiny" and not Path(model).exists():
+        raise typer.BadParameter(
+            f"--model {model!r}: no such folder; pass 'tiny' or a MAIRA-2 checkpoint folder"
+        )
+    torch.manual_seed(seed)
+    hooked = (
+        HookedMaira2.tiny(seed=seed)
+        if model == "tiny"
+        else HookedMaira2.from_pretrained(model, device=device)
+    )
+    hooked = hooked.to(device)
+    data = _studies(studies, limit, int(hooked.cfg.image_size[0]))
+    console.print(
+        f"[bold]sae-rad map[/]: {len(data)} studies, model {hooked.cfg.model_name} "
+        f"({hooked.cfg.n_layers} layers), techniques {', '.join(tech)}"
+    )
+    cfg = MapConfig(
+        layers=_parse_ints(layers, "--layers"),
+        techniques=tech,
+        batch_size=batch_size,
+        seed=seed,
+        n_pairs=n_pairs,
+        lesion_studies=lesion_studies,
+        max_new_tokens=max_new_tokens,
+    )
+    with Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bars:
+
+        def progress(stage: str, total: int):
+            task = bars.add_task(stage, total=total)
+            return lambda k=1: bars.advance(task, k)
+
+        maps = build_knowledge_maps(hooked, data, out, cfg, progress=progress)
+    console.print(maps.recommendation.summary())
+    console.print(
+        f"wrote {out / 'knowledge_maps.json'} and {len(maps.files) - 1} plot(s): {', '.join(maps.files)}"
+    )

@@ -1,0 +1,399 @@
+"""Knowledge maps: where radiological knowledge lives in a hooked MAIRA-2 / LLaVA, and which layer to read.
+
+    from sae_rad_ext.interpret.knowledge_maps import MapConfig, build_knowledge_maps
+    maps = build_knowledge_maps(model, studies, "runs/maps", MapConfig(techniques=("probe", "patch")))
+    print(maps.recommendation.summary())
+
+Five techniques (after "Medical Interpretability and Knowledge Maps of LLMs"), each in its own module:
+
+- ``probe`` (:mod:`.probes`): held-out linear probes per finding × layer × pooling (image tokens per
+  view, report tokens, last prompt token);
+- ``umap`` (:mod:`.umap_maps`): UMAP of pooled activations at chosen layers, coloured by finding, view,
+  longitudinal change;
+- ``lesion`` (:mod:`.lesion`): skip / mean-ablate blocks and windows during generation → report F1 and
+  reference log-likelihood drops;
+- ``patch`` (:mod:`.patching`): phantom pairs differing in one finding, residual patching at (layer, role);
+- ``saliency`` (:mod:`.saliency`): weight-gradient norms of each finding's report sentences.
+
+:func:`recommend_layer` combines them (rule in its docstring). Everything lands in ``out/``:
+``knowledge_maps.json`` (every number), PNGs, ``recommendation.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.interpret.maps_common import Tick, check_layers, holdout_mask, layer_label, study_targets
+
+__all__ = [
+    "TECHNIQUES",
+    "KnowledgeMaps",
+    "MapConfig",
+    "Recommendation",
+    "build_knowledge_maps",
+    "recommend_layer",
+]
+
+TECHNIQUES = ("probe", "umap", "lesion", "patch", "saliency")
+ProgressFactory = Callable[[str, int], Tick]
+"""``progress(stage, total)`` returns a ``tick(n)`` for that stage (e.g. a rich progress bar)."""
+
+
+@dataclass
+class MapConfig:
+    """What to map and how much work to spend on it."""
+
+    layers: Sequence[int] | None = None
+    """Layers to map (−1 = input of block 0, else ``blocks.L.hook_resid_post``); None → all, with −1."""
+    techniques: Sequence[str] = ("probe", "lesion", "patch", "saliency")
+    """Any of :data:`TECHNIQUES` (``umap`` needs ``umap-learn``)."""
+    batch_size: int = 16
+    test_fraction: float = 0.3
+    """Held-out share of patients for probes."""
+    target_source: str = "auto"
+    """Probe targets: ``labels`` (planted truth / CheXpert labels), ``report`` (labeler) or ``auto``."""
+    seed: int = 0
+    n_pairs: int = 8
+    """Phantom pairs per finding for patching."""
+    pair_seed: int = 9
+    """Phantom stream of the pairs (keep it apart from training data)."""
+    pair_image_size: int | None = None
+    """Phantom size for the pairs; None → the model's image size."""
+    patch_roles: Sequence[str] = ("image:frontal", "image:lateral", "image:prior", "prompt", "report")
+    lesion_modes: Sequence[str] = ("skip", "mean")
+    lesion_windows: Sequence[int] = (2,)
+    lesion_studies: int = 48
+    """Studies used for lesioning (generation is the slow part)."""
+    max_new_tokens: int | None = None
+    """Generation length for lesioning; None → longest reference report + 8."""
+    saliency_studies: int = 32
+    umap_layers: Sequence[int] | None = None
+    """None → first, middle and last mapped layer."""
+    umap_pools: Sequence[str] = ("image:frontal", "last_prompt", "report")
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.techniques) - set(TECHNIQUES))
+        if bad:
+            raise ValueError(f"unknown technique(s) {bad}; expected some of {list(TECHNIQUES)}")
+
+
+@dataclass
+class Recommendation:
+    """The layer to read (train an SAE on), and why."""
+
+    layer: int | None
+    """Recommended ``blocks.L.hook_resid_post`` layer (None when the maps cannot decide)."""
+    probe_layer: int | None
+    """Earliest layer where the mean last-prompt-token probe AUROC is within ``tol`` of its best."""
+    patch_layer: int | None
+    """Earliest layer where patching text positions transfers at least as much as patching image positions."""
+    lesion_layer: int | None
+    """Block whose skipping hurts report F1 most (information only)."""
+    per_layer: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """layer label → the scores behind the choice."""
+    reasons: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        head = (
+            f"Recommended layer: blocks.{self.layer}.hook_resid_post"
+            if self.layer is not None
+            else "Recommended layer: undecided (see reasons)"
+        )
+        return "\n".join([head, *[f"  - {r}" for r in self.reasons]])
+
+
+@dataclass
+class KnowledgeMaps:
+    """All maps of one run (``to_dict`` is what ``knowledge_maps.json`` holds)."""
+
+    config: dict[str, Any]
+    model_name: str
+    n_layers: int
+    layers: list[int]
+    n_studies: int
+    results: dict[str, Any]
+    """technique → its result dict (``ProbeCurves.to_dict()``, …)."""
+    recommendation: Recommendation
+    files: list[str]
+    """PNG / text files written (relative to ``out``)."""
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "model_name": self.model_name,
+            "n_layers": self.n_layers,
+            "layers": self.layers,
+            "n_studies": self.n_studies,
+            "results": self.results,
+            "recommendation": asdict(self.recommendation),
+            "files": self.files,
+            "seconds": self.seconds,
+        }
+
+
+def _nanmean(v: Sequence[float]) -> float | None:
+    a = np.asarray([x for x in v if x is not None], dtype=float)
+    return None if a.size == 0 or np.all(np.isnan(a)) else float(np.nanmean(a))
+
+
+def recommend_layer(results: dict[str, Any], layers: Sequence[int], tol: float = 0.02) -> Recommendation:
+    """Combine the maps into one layer.
+
+    - probe layer: earliest layer whose mean (over findings) held-out AUROC at the last prompt token —
+      what the model knows right before writing, with no report text to read off — is within ``tol`` of
+      the best layer's;
+    - patch layer: earliest layer where the transfer through text positions (prompt + report) is at least
+      the transfer through image positions (all views) — the findings have reached the text;
+    - recommended: the later of the two (the earliest layer satisfying both); one alone if only one is
+      available; never −1 (the embeddings). Lesioning is reported beside it, not used.
+    """
+    per: dict[str, dict[str, float | None]] = {layer_label(L): {} for L in layers}
+    reasons: list[str] = []
+    probe_layer = patch_layer = lesion_layer = None
+    probes = results.get("probe")
+    if probes:
+        curves = probes["auroc"].get("last_prompt", {})
+        mean = [_nanmean([curves[k][i] for k in curves]) for i in range(len(probes["layers"]))]
+        for L, m in zip(probes["layers"], mean, strict=True):
+            per.setdefault(layer_label(L), {})["probe_auroc_last_prompt"] = m
+            for pool in probes["auroc"]:
+                c = probes["auroc"][pool]
+                per[layer_label(L)][f"probe_auroc_{pool}"] = _nanmean(
+                    [c[k][probes["layers"].index(L)] for k in c]
+                )
+        ok = [(L, m) for L, m in zip(probes["layers"], mean, strict=True) if m is not None and L >= 0]
+        if ok:
+            best = max(m for _, m in ok)
+            probe_layer = next(L for L, m in ok if m >= best - tol)
+            reasons.append(
+                f"probes: mean last-prompt AUROC reaches {best:.3f} (within {tol}) at layer {probe_layer}"
+            )
+    patch = results.get("patch")
+    if patch and patch.get("transfer"):
+        tr = patch["transfer"]
+        for i, L in enumerate(patch["layers"]):
+            img = _nanmean(
+                [
+                    sum(
+                        0.0 if (v := tr[f][r][i]) is None or math.isnan(v) else v
+                        for r in tr[f]
+                        if r.startswith("image")
+                    )
+                    for f in tr
+                ]
+            )
+            txt = _nanmean(
+                [
+                    sum(
+                        0.0 if (v := tr[f][r][i]) is None or math.isnan(v) else v
+                        for r in tr[f]
+                        if r in ("prompt", "report")
+                    )
+                    for f in tr
+                ]
+            )
+            per.setdefault(layer_label(L), {}).update({"patch_image": img, "patch_text": txt})
+            if patch_layer is None and L >= 0 and img is not None and txt is not None and txt >= img:
+                patch_layer = L
+        reasons.append(
+            f"patching: text positions carry at least as much as image positions from layer {patch_layer}"
+            if patch_layer is not None
+            else "patching: image positions dominate at every mapped layer"
+        )
+    lesion = results.get("lesion")
+    if lesion:
+        singles = {
+            c["layers"][0]: n
+            for n, c in lesion["configs"].items()
+            if c["mode"] == "skip" and len(c["layers"]) == 1
+        }
+        drops = {L: _nanmean(list(lesion["f1_drop"][n].values())) for L, n in singles.items()}
+        for L, d in drops.items():
+            per.setdefault(layer_label(L), {})["lesion_skip_f1_drop"] = d
+            per[layer_label(L)]["lesion_skip_loglik_drop"] = lesion["loglik_drop"][singles[L]]
+        if drops:
+            lesion_layer = max(drops, key=lambda L: drops[L] if drops[L] is not None else -1)
+            reasons.append(
+                f"lesioning: skipping block {lesion_layer} costs the most report F1 "
+                f"({drops[lesion_layer]:.3f} mean over findings)"
+            )
+    found = [x for x in (probe_layer, patch_layer) if x is not None]
+    layer = max(found) if found else None
+    if layer is not None:
+        reasons.insert(
+            0,
+            f"chosen: layer {layer} = the later of the probe layer ({probe_layer}) and the patch "
+            f"layer ({patch_layer})",
+        )
+    else:
+        reasons.insert(0, "no probe or patching map to decide from; run with --techniques probe,patch")
+    return Recommendation(layer, probe_layer, patch_layer, lesion_layer, per, reasons)
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float):
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        return _clean(x.item())
+    return x
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write JSON atomically (NaN/inf → null)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(_clean(obj), fh, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def build_knowledge_maps(
+    model: Any,
+    studies: Sequence[Study],
+    out: str | Path,
+    cfg: MapConfig | None = None,
+    *,
+    processor: Any = None,
+    progress: ProgressFactory | None = None,
+) -> KnowledgeMaps:
+    """Compute the configured maps on ``studies`` (pairs for patching come from phantoms), write them to ``out``."""
+    from sae_rad_ext.activations import default_processor
+    from sae_rad_ext.interpret import map_plots
+
+    cfg = cfg or MapConfig()
+    studies = list(studies)
+    if not studies:
+        raise ValueError("build_knowledge_maps got no studies; pass a study source with at least ~50 studies")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    proc = processor or default_processor(model)
+    n = model.cfg.n_layers
+    layers = check_layers(cfg.layers if cfg.layers is not None else range(-1, n), n)
+    tick = progress or (lambda stage, total: lambda k=1: None)
+    targets = study_targets(studies, cfg.target_source)
+    results: dict[str, Any] = {
+        "targets": {
+            "prevalence": dict(zip(FINDINGS, targets.mean(0).tolist(), strict=True)),
+            "source": cfg.target_source,
+        }
+    }
+    files: list[str] = []
+    seconds: dict[str, float] = {}
+    tech = set(cfg.techniques)
+
+    if tech & {"probe", "umap"}:
+        from sae_rad_ext.interpret.probes import pooled_activations, probe_curves
+
+        t0 = time.perf_counter()
+        pooled = pooled_activations(
+            model, proc, studies, layers, batch_size=cfg.batch_size, tick=tick("activations", len(studies))
+        )
+        holdout = holdout_mask(studies, cfg.test_fraction, cfg.seed)
+        if "probe" in tech:
+            pc = probe_curves(pooled, targets, holdout, tick=tick("probes", len(pooled.acts) * len(FINDINGS)))
+            results["probe"] = pc.to_dict()
+            files += [
+                map_plots.plot_probes(results["probe"], out / "probes_auroc.png").name,
+                map_plots.plot_probes(results["probe"], out / "probes_accuracy.png", "accuracy").name,
+            ]
+        seconds["probe"] = time.perf_counter() - t0
+        if "umap" in tech:
+            from sae_rad_ext.interpret.umap_maps import plot_umap, umap_projections
+
+            t0 = time.perf_counter()
+            ul = (
+                list(cfg.umap_layers)
+                if cfg.umap_layers is not None
+                else sorted({layers[0], layers[len(layers) // 2], layers[-1]})
+            )
+            projs = umap_projections(pooled, ul, cfg.umap_pools, seed=cfg.seed)
+            results["umap"] = {
+                "projections": [p.to_dict() for p in projs],
+                "info": pooled.info,
+                "study_ids": pooled.study_ids,
+            }
+            for p in projs:
+                name = f"umap_{layer_label(p.layer)}_{p.pool.replace(':', '-')}.png"
+                files.append(plot_umap(p, pooled, targets, out / name).name)
+            seconds["umap"] = time.perf_counter() - t0
+    if "patch" in tech:
+        from sae_rad_ext.interpret.patching import patch_maps, phantom_pairs
+
+        t0 = time.perf_counter()
+        size = cfg.pair_image_size or int(model.cfg.image_size[0])
+        pairs = phantom_pairs(FINDINGS, cfg.n_pairs, seed=cfg.pair_seed, image_size=size)
+        total = sum(len(v) for v in pairs.values()) * len(cfg.patch_roles)
+        pm = patch_maps(
+            model,
+            proc,
+            pairs,
+            layers,
+            roles=cfg.patch_roles,
+            batch_size=max(1, cfg.batch_size // 2),
+            tick=tick("patching", total),
+        )
+        results["patch"] = pm.to_dict()
+        files.append(map_plots.plot_patching(results["patch"], out / "patching.png").name)
+        seconds["patch"] = time.perf_counter() - t0
+    if "lesion" in tech:
+        from sae_rad_ext.interpret.lesion import lesion_configs, lesion_maps
+
+        t0 = time.perf_counter()
+        sub = studies[: cfg.lesion_studies]
+        n_cfg = 1 + len(lesion_configs(n, cfg.lesion_modes, cfg.lesion_windows))
+        lr = lesion_maps(
+            model,
+            proc,
+            sub,
+            targets[: len(sub)],
+            modes=cfg.lesion_modes,
+            windows=cfg.lesion_windows,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            tick=tick("lesioning", n_cfg * len(sub)),
+        )
+        results["lesion"] = lr.to_dict()
+        files.append(map_plots.plot_lesion(results["lesion"], out / "lesion.png").name)
+        seconds["lesion"] = time.perf_counter() - t0
+    if "saliency" in tech:
+        from sae_rad_ext.interpret.saliency import gradient_saliency
+
+        t0 = time.perf_counter()
+        sub = studies[: cfg.saliency_studies]
+        sal = gradient_saliency(
+            model,
+            proc,
+            sub,
+            batch_size=max(1, cfg.batch_size // 2),
+            tick=tick("saliency", len(sub) * len(FINDINGS)),
+        )
+        results["saliency"] = sal.to_dict()
+        files.append(map_plots.plot_saliency(results["saliency"], out / "saliency.png").name)
+        seconds["saliency"] = time.perf_counter() - t0
+
+    rec = recommend_layer(results, layers)
+    (out / "recommendation.txt").write_text(rec.summary() + "\n")
+    files.append("recommendation.txt")
+    cfg_dict = {k: (list(v) if isinstance(v, (tuple, range)) else v) for k, v in asdict(cfg).items()}
+    maps = KnowledgeMaps(
+        cfg_dict, str(model.cfg.model_name), n, layers, len(studies), results, rec, files, seconds
+    )
+    write_json(maps.to_dict(), out / "knowledge_maps.json")
+    return maps
