@@ -177,3 +177,12 @@ def interpret_cmd(
     for c, r in res.best.items():
         iou = "" if r.iou is None else f"{r.iou:.2f}"
         typer.echo(f"{c:<22}{r.feature:>8}  {r.kind:<20}{r.f1:>7.3f}{r.auroc:>8.3f}{iou:>7}")
+    summary = json.loads((out / "summary.json").read_text())
+    for name, m in summary["scores_mean"].items():
+        if not name.endswith("_shuffled") and m.get("auroc") is not None:
+            sh = summary["scores_mean"].get(f"{name}_shuffled", {})
+            f1s, aus = (float("nan") if sh.get(k) is None else sh[k] for k in ("f1", "auroc"))
+            typer.echo(
+                f"{name}: mean F1 {m['f1']:.3f} AUROC {m['auroc']:.3f}  (shuffled explanations: F1 {f1s:.3f} "
+                f"AUROC {aus:.3f})"
+            )
