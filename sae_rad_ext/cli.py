@@ -33,7 +33,7 @@ def main(
     """Sparse autoencoders for radiology multimodal LLMs (MAIRA-2, LLaVA) on SAELens."""
 
 
-_COMMAND_MODULES: list[str] = ["export", "cache_train", "demo", "steer", "interpret"]
+_COMMAND_MODULES: list[str] = ["export", "cache_train", "demo", "steer", "interpret", "map"]
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"sae_rad_ext.commands.{_name}")
