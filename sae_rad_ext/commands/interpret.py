@@ -64,9 +64,13 @@ def studies_factory(source: str, split: str | None, limit: int | None) -> Callab
     kw2: dict[str, Any] = {}
     if limit:
         kw2["max_studies"] = limit
-    if split:
-        kw2["split"] = split
-    return lambda: open_studies(source, **kw2)
+    splits = [x.strip() for x in split.split(",") if x.strip()] if split else [None]
+
+    def chained() -> Iterable[Any]:
+        for sp in splits:
+            yield from open_studies(source, **kw2, **({"split": sp} if sp else {}))
+
+    return chained
 
 
 def _load_model(spec: str, device: str) -> Any:
@@ -94,7 +98,9 @@ def interpret_cmd(
     hook_name: str | None = typer.Option(
         None, "--hook-name", help="Hook the SAE reads (default: its cfg.json)."
     ),
-    split: str | None = typer.Option(None, "--split", help="Split of the source (train/validate/test)."),
+    split: str | None = typer.Option(
+        None, "--split", help="Split(s) of the source, e.g. test or validate,test."
+    ),
     max_studies: int | None = typer.Option(None, "--max-studies", min=1),
     positions: str | None = typer.Option(
         None,
