@@ -51,13 +51,13 @@ def test_make_study_pair_differs_in_one_finding_only():
 
 def test_patching_with_own_activations_changes_nothing(tiny, studies):
     model, proc = tiny
-    b = proc.build(studies)
+    b = proc.build(studies[:2])
     ids, kw = model_inputs(b, model.cfg.device)
     names = [resid_hook(L) for L in (-1, 0, 1)]
     with torch.no_grad():
         clean, cache = model.run_with_cache(ids, names_filter=names, **kw)
         for name in names:
-            for role in ("image:frontal", "image:prior", "prompt", "report", "all"):
+            for role in ("image:prior", "prompt", "report"):
                 mask = b.roles.mask(role)
                 assert mask.any()
                 out = model.run_with_hooks(ids, fwd_hooks=[(name, patch_hook(cache[name], mask))], **kw)
@@ -173,31 +173,16 @@ def test_map_cli_smoke(tmp_path):
     from sae_rad_ext.cli import app
 
     out = tmp_path / "maps"
-    r = CliRunner().invoke(
-        app,
-        [
-            "map",
-            "--studies",
-            "phantom:10,seed=3,image_size=112",
-            "--out",
-            str(out),
-            "--layers=-1,0",
-            "--pairs",
-            "1",
-            "--lesion-studies",
-            "2",
-            "--max-new-tokens",
-            "3",
-            "--techniques",
-            "probe,patch,lesion,saliency",
-            "--batch-size",
-            "10",
-        ],
-    )
+    args = ["map", "--studies", "phantom:8,seed=3,image_size=112", "--out", str(out), "--layers=-1,0"]
+    args += ["--pairs", "1", "--findings", "pacemaker", "--lesion-studies", "2", "--lesion-modes", "skip"]
+    args += ["--lesion-windows", "", "--max-new-tokens", "3", "--saliency-studies", "4", "--batch-size", "8"]
+    args += ["--techniques", "probe,patch,lesion,saliency"]
+    r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     data = json.loads((out / "knowledge_maps.json").read_text())
     assert set(data["results"]) >= {"probe", "patch", "lesion", "saliency"}
-    assert data["layers"] == [-1, 0] and data["n_studies"] == 10
+    assert data["layers"] == [-1, 0] and data["n_studies"] == 8
+    assert list(data["results"]["patch"]["transfer"]) == ["pacemaker"]
     for name in ("probes_auroc.png", "patching.png", "lesion.png", "saliency.png", "recommendation.txt"):
         assert (out / name).stat().st_size > 0
     assert "Recommended layer" in (out / "recommendation.txt").read_text()

@@ -77,7 +77,15 @@ def map_command(
         help="Comma list of probe, umap, lesion, patch, saliency.",
     ),
     limit: int = typer.Option(None, "--limit", help="Use at most this many studies."),
+    findings: str = typer.Option(
+        None, "--findings", help="Comma list of findings to patch / saliency-map; default all."
+    ),
     n_pairs: int = typer.Option(8, "--pairs", help="Phantom pairs per finding for patching."),
+    lesion_modes: str = typer.Option("skip,mean", "--lesion-modes", help="Comma list of skip, mean."),
+    lesion_windows: str = typer.Option(
+        "2", "--lesion-windows", help="Window widths besides single blocks ('' none)."
+    ),
+    saliency_studies: int = typer.Option(32, "--saliency-studies", help="Studies in the saliency objective."),
     lesion_studies: int = typer.Option(48, "--lesion-studies", help="Studies generated per lesion."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generation length for lesioning."),
     batch_size: int = typer.Option(16, "--batch-size"),
@@ -99,6 +107,25 @@ def map_command(
         raise typer.BadParameter(
             f"--techniques: unknown {bad}; expected a comma list of {', '.join(TECHNIQUES)}"
         )
+    modes = [m.strip() for m in lesion_modes.split(",") if m.strip()]
+    if set(modes) - {"skip", "mean"}:
+        raise typer.BadParameter(f"--lesion-modes: expected a comma list of skip, mean; got {lesion_modes!r}")
+    try:
+        cfg = MapConfig(
+            layers=_parse_ints(layers, "--layers"),
+            techniques=tech,
+            batch_size=batch_size,
+            seed=seed,
+            n_pairs=n_pairs,
+            lesion_studies=lesion_studies,
+            max_new_tokens=max_new_tokens,
+            lesion_modes=modes,
+            lesion_windows=_parse_ints(lesion_windows, "--lesion-windows") or [],
+            saliency_studies=saliency_studies,
+            **({"findings": [f.strip() for f in findings.split(",") if f.strip()]} if findings else {}),
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     if model != "tiny" and not Path(model).exists():
         raise typer.BadParameter(
             f"--model {model!r}: no such folder; pass 'tiny' or a MAIRA-2 checkpoint folder"
@@ -114,15 +141,6 @@ def map_command(
     console.print(
         f"[bold]sae-rad map[/]: {len(data)} studies, model {hooked.cfg.model_name} "
         f"({hooked.cfg.n_layers} layers), techniques {', '.join(tech)}"
-    )
-    cfg = MapConfig(
-        layers=_parse_ints(layers, "--layers"),
-        techniques=tech,
-        batch_size=batch_size,
-        seed=seed,
-        n_pairs=n_pairs,
-        lesion_studies=lesion_studies,
-        max_new_tokens=max_new_tokens,
     )
     with Progress(
         TextColumn("{task.description:<12}"),

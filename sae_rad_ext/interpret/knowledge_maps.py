@@ -21,10 +21,7 @@ Five techniques (after "Medical Interpretability and Knowledge Maps of LLMs"), e
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.interpret.maps_common import Tick, check_layers, holdout_mask, layer_label, study_targets
+from sae_rad_ext.interpret.maps_common import (
+    Tick,
+    check_layers,
+    holdout_mask,
+    layer_label,
+    study_targets,
+    write_json,
+)
 
 __all__ = [
     "TECHNIQUES",
@@ -64,12 +68,18 @@ class MapConfig:
     target_source: str = "auto"
     """Probe targets: ``labels`` (planted truth / CheXpert labels), ``report`` (labeler) or ``auto``."""
     seed: int = 0
+    findings: Sequence[str] = FINDINGS
+    """Findings patched and saliency-mapped (probes and lesioning always score all of them)."""
     n_pairs: int = 8
     """Phantom pairs per finding for patching."""
     pair_seed: int = 9
     """Phantom stream of the pairs (keep it apart from training data)."""
     pair_image_size: int | None = None
     """Phantom size for the pairs; None → the model's image size."""
+    pair_lateral_prob: float = 0.5
+    """Share of pairs with a lateral view (0 for a model trained on frontal images only)."""
+    pair_prior_prob: float = 0.3
+    """Share of pairs with a prior study."""
     patch_roles: Sequence[str] = ("image:frontal", "image:lateral", "image:prior", "prompt", "report")
     lesion_modes: Sequence[str] = ("skip", "mean")
     lesion_windows: Sequence[int] = (2,)
@@ -86,6 +96,9 @@ class MapConfig:
         bad = sorted(set(self.techniques) - set(TECHNIQUES))
         if bad:
             raise ValueError(f"unknown technique(s) {bad}; expected some of {list(TECHNIQUES)}")
+        bad = sorted(set(self.findings) - set(FINDINGS))
+        if bad or not self.findings:
+            raise ValueError(f"unknown or no finding(s) {bad}; expected some of {list(FINDINGS)}")
 
 
 @dataclass
@@ -242,28 +255,6 @@ def recommend_layer(results: dict[str, Any], layers: Sequence[int], tol: float =
     return Recommendation(layer, probe_layer, patch_layer, lesion_layer, per, reasons)
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        return _clean(x.item())
-    return x
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically (NaN/inf → null)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_clean(obj), fh, indent=1)
-    os.replace(tmp, path)
-    return path
-
-
 def build_knowledge_maps(
     model: Any,
     studies: Sequence[Study],
@@ -338,7 +329,14 @@ def build_knowledge_maps(
 
         t0 = time.perf_counter()
         size = cfg.pair_image_size or int(model.cfg.image_size[0])
-        pairs = phantom_pairs(FINDINGS, cfg.n_pairs, seed=cfg.pair_seed, image_size=size)
+        pairs = phantom_pairs(
+            cfg.findings,
+            cfg.n_pairs,
+            seed=cfg.pair_seed,
+            image_size=size,
+            lateral_prob=cfg.pair_lateral_prob,
+            prior_prob=cfg.pair_prior_prob,
+        )
         total = sum(len(v) for v in pairs.values()) * len(cfg.patch_roles)
         pm = patch_maps(
             model,
@@ -382,7 +380,8 @@ def build_knowledge_maps(
             proc,
             sub,
             batch_size=max(1, cfg.batch_size // 2),
-            tick=tick("saliency", len(sub) * len(FINDINGS)),
+            findings=cfg.findings,
+            tick=tick("saliency", len(sub) * len(cfg.findings)),
         )
         results["saliency"] = sal.to_dict()
         files.append(map_plots.plot_saliency(results["saliency"], out / "saliency.png").name)

@@ -7,8 +7,13 @@ the projected image patches spliced in) — what the language model receives bef
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,3 +166,25 @@ def generated_labels(texts: Sequence[str]) -> np.ndarray:
     return np.asarray(
         [[binarize(label_report(t))[k] for k in FINDINGS] for t in texts], dtype=np.int64
     ).reshape(len(texts), len(FINDINGS))
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float):
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        return _clean(x.item())
+    return x
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write JSON atomically (NaN/inf → null)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(_clean(obj), fh, indent=1)
+    os.replace(tmp, path)
+    return path

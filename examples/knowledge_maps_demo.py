@@ -1,0 +1,205 @@
+"""Knowledge maps on the demo's trained tiny MAIRA-2, then SAEs at the first, recommended and last layer.
+
+    python examples/knowledge_maps_demo.py --model runs/demo/model --out runs/maps
+
+1. ``build_knowledge_maps`` on held-out phantom studies (stream ``--seed``, never used for training):
+   probes, UMAP (if umap-learn is installed), lesioning, phantom-pair patching, saliency → the
+   recommended layer.
+2. A Matryoshka BatchTopK SAE (the demo's settings) trained through SAELens's runner (``make_runner``)
+   at layer 0, the recommended layer and the last layer, on the demo's training stream (seed 0, train
+   split); for each SAE, the best single latent per finding at study level (max over the study's image
+   tokens, or over its report tokens), chosen on the maps' training studies and scored (F1) on the
+   held-out ones (``phantom_benchmark.best_latent_f1``).
+
+Writes ``<out>/knowledge_maps.json``, PNGs, ``<out>/sae_layers.json``; prints both summaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
+from sae_rad_ext.adapters.roles import Role
+
+from sae_rad_ext.data.phantom import generate_studies, split_of
+from sae_rad_ext.data.study import FINDINGS
+from sae_rad_ext.interpret.knowledge_maps import MapConfig, build_knowledge_maps, write_json
+from sae_rad_ext.interpret.maps_common import holdout_mask, study_targets
+
+
+def train_sae(hooked, proc, train, layer: int, out: Path, tokens: int, seed: int) -> Path:
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    from sae_rad_ext.demo import DemoConfig
+    from sae_rad_ext.matryoshka_training import RadMatryoshkaBatchTopKTrainingSAEConfig
+    from sae_rad_ext.training import make_runner
+
+    d = DemoConfig()
+    steps = tokens // d.sae_batch_tokens
+    sae_cfg = RadMatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=hooked.cfg.d_model,
+        d_sae=d.d_sae,
+        k=d.k,
+        group_fractions=list(d.group_fractions),
+        threshold_start_step=steps // 2,
+        normalize_activations="expected_average_only_in",
+        device="cpu",
+    )
+    rc = LanguageModelSAERunnerConfig(
+        sae=sae_cfg,
+        hook_name=f"blocks.{layer}.hook_resid_post",
+        model_name="tiny-maira2-phantom",
+        dataset_path="",
+        context_size=128,
+        training_tokens=tokens,
+        train_batch_size_tokens=d.sae_batch_tokens,
+        store_batch_size_prompts=32,
+        n_batches_in_buffer=16,
+        lr=d.sae_lr,
+        lr_warm_up_steps=min(50, steps // 10),
+        device="cpu",
+        seed=seed,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(out),
+        checkpoint_path=None,
+        n_checkpoints=0,
+        dead_feature_window=max(50, steps // 4),
+        feature_sampling_window=max(50, steps // 4),
+        verbose=False,
+        n_eval_batches=2,
+        eval_batch_size_prompts=8,
+        n_batches_for_norm_estimate=d.norm_estimate_batches,
+    )
+    runner = make_runner(rc, hooked, train, positions=d.positions, processor=proc, eval_studies=train[:32])
+    torch.manual_seed(seed)
+    runner.run()
+    return out
+
+
+@torch.no_grad()
+def best_latents(hooked, proc, sae_dir: Path, layer: int, studies, holdout) -> dict:
+    from sae_lens import SAE
+
+    from sae_rad_ext.activations import iter_activations
+    from sae_rad_ext.demo import DEMO_POSITIONS
+    from sae_rad_ext.phantom_benchmark import best_latent_f1, study_truth
+
+    sae = SAE.load_from_disk(str(sae_dir), device="cpu")
+    maxes = {"image": [], "report": []}
+    for b in iter_activations(
+        hooked,
+        studies,
+        f"blocks.{layer}.hook_resid_post",
+        processor=proc,
+        positions=DEMO_POSITIONS,
+        batch_size=32,
+    ):
+        z = sae.encode(b.acts)
+        for kind, role in (("image", Role.IMAGE), ("report", Role.REPORT)):
+            sel = b.role == int(role)
+            m = torch.zeros(len(b.study_ids), z.shape[1])
+            m.scatter_reduce_(0, b.study_index[sel][:, None].expand(-1, z.shape[1]), z[sel], reduce="amax")
+            maxes[kind].append(m)
+    y = study_truth(studies)
+    out = {}
+    for kind, parts in maxes.items():
+        z = torch.cat(parts)
+        best = best_latent_f1(z[~holdout], y[~holdout], z[holdout], y[holdout])
+        out[kind] = {k: v["f1"] for k, v in best.items()}
+        out[kind]["mean"] = float(np.nanmean([v["f1"] for v in best.values()]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="runs/demo/model")
+    ap.add_argument("--out", default="runs/maps")
+    ap.add_argument("--seed", type=int, default=1, help="phantom stream of the mapped (held-out) studies")
+    ap.add_argument("--n-studies", type=int, default=300)
+    ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--lesion-studies", type=int, default=32)
+    ap.add_argument("--techniques", default="probe,umap,lesion,patch,saliency")
+    ap.add_argument("--sae-tokens", type=int, default=100_000)
+    ap.add_argument("--sae-train-studies", type=int, default=600)
+    ap.add_argument("--skip-sae", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hooked = HookedMaira2.from_pretrained(a.model)
+    proc = Maira2Processor.from_model_config(hooked.model.config, hooked.tokenizer)
+    size = int(hooked.cfg.image_size[0])
+    studies = list(generate_studies(a.n_studies, a.seed, image_size=size, lateral_prob=0.0, prior_prob=0.0))
+    tech = [t for t in a.techniques.split(",") if t]
+    if "umap" in tech:
+        try:
+            import umap  # noqa: F401
+        except ImportError:
+            print("umap-learn not installed: skipping UMAP (pip install 'sae-rad-ext[maps]')")
+            tech.remove("umap")
+    cfg = MapConfig(
+        techniques=tech,
+        n_pairs=a.pairs,
+        lesion_studies=a.lesion_studies,
+        pair_lateral_prob=0.0,
+        pair_prior_prob=0.0,
+        seed=0,
+    )
+    t0 = time.perf_counter()
+
+    def progress(stage: str, total: int):
+        print(f"[{time.perf_counter() - t0:7.1f}s] {stage}: {total} units", flush=True)
+        return lambda k=1: None
+
+    maps = build_knowledge_maps(hooked, studies, out, cfg, processor=proc, progress=progress)
+    print(maps.recommendation.summary())
+    print("seconds:", {k: round(v, 1) for k, v in maps.seconds.items()})
+    if a.skip_sae or maps.recommendation.layer is None:
+        return
+    n = hooked.cfg.n_layers
+    layers = sorted({0, maps.recommendation.layer, n - 1})
+    train = [
+        s
+        for s in generate_studies(
+            int(a.sae_train_studies / 0.8), 0, image_size=size, lateral_prob=0.0, prior_prob=0.0
+        )
+        if split_of(s.metadata["patient_id"]) == "train"
+    ]
+    holdout = holdout_mask(studies, cfg.test_fraction, cfg.seed)
+    res = {
+        "layers": layers,
+        "recommended": maps.recommendation.layer,
+        "sae_tokens": a.sae_tokens,
+        "n_train_studies": len(train),
+        "n_eval_studies": len(studies),
+        "n_holdout": int(holdout.sum()),
+        "prevalence_holdout": dict(
+            zip(FINDINGS, study_targets(studies)[holdout].mean(0).tolist(), strict=True)
+        ),
+        "best_latent_f1": {},
+        "seconds": {},
+    }
+    for L in layers:
+        t1 = time.perf_counter()
+        sae_dir = train_sae(hooked, proc, train, L, out / f"sae_L{L}", a.sae_tokens, seed=0)
+        res["best_latent_f1"][str(L)] = best_latents(hooked, proc, sae_dir, L, studies, holdout)
+        res["seconds"][str(L)] = time.perf_counter() - t1
+        print(f"layer {L}: {json.dumps(res['best_latent_f1'][str(L)])}", flush=True)
+    write_json(res, out / "sae_layers.json")
+    print(f"{'layer':>6} {'kind':>7} " + " ".join(f"{k[:10]:>10}" for k in FINDINGS) + "       mean")
+    for L in layers:
+        for kind in ("image", "report"):
+            r = res["best_latent_f1"][str(L)][kind]
+            print(
+                f"{L:>6} {kind:>7} " + " ".join(f"{r[k]:>10.3f}" for k in FINDINGS) + f" {r['mean']:>10.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
