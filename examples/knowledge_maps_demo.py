@@ -160,10 +160,14 @@ def main() -> None:
     maps = build_knowledge_maps(hooked, studies, out, cfg, processor=proc, progress=progress)
     print(maps.recommendation.summary())
     print("seconds:", {k: round(v, 1) for k, v in maps.seconds.items()})
-    if a.skip_sae or maps.recommendation.layer is None:
+    if a.skip_sae:
         return
     n = hooked.cfg.n_layers
-    layers = sorted({0, maps.recommendation.layer, n - 1})
+    chosen = maps.recommendation.layer
+    if chosen is None:
+        chosen = n // 2
+        print(f"no recommended layer: comparing the middle layer {chosen} with the first and last instead")
+    layers = sorted({0, chosen, n - 1})
     train = [
         s
         for s in generate_studies(
@@ -175,6 +179,7 @@ def main() -> None:
     res = {
         "layers": layers,
         "recommended": maps.recommendation.layer,
+        "compared": chosen,
         "sae_tokens": a.sae_tokens,
         "n_train_studies": len(train),
         "n_eval_studies": len(studies),

@@ -144,9 +144,16 @@ def test_recommendation_combines_probe_and_patch_layers():
             "report": [0.0, 0.0, 0.1, 0.3],
         }
     }
-    rec = recommend_layer({"probe": probes, "patch": {"layers": layers, "transfer": tr}}, layers)
+    patch = {"layers": layers, "transfer": tr, "effect": {"pleural_effusion": 2.0}}
+    rec = recommend_layer({"probe": probes, "patch": patch}, layers)
     assert (rec.probe_layer, rec.patch_layer, rec.layer) == (1, 2, 2)
     assert "blocks.2.hook_resid_post" in rec.summary()
+    # a model that ignores the finding (tiny effect, chance probes) gets no recommendation, and says why
+    patch["effect"]["pleural_effusion"] = 0.001
+    probes["auroc"]["last_prompt"]["pleural_effusion"] = [0.5, 0.52, 0.55, 0.54]
+    rec = recommend_layer({"probe": probes, "patch": patch}, layers)
+    assert rec.layer is None and rec.probe_layer is None and rec.patch_layer is None
+    assert "does not know" in rec.summary() and "left out" in rec.summary()
 
 
 def test_finding_token_mask_selects_the_finding_sentence(tiny):
