@@ -63,16 +63,28 @@ def plot_probes(probes: dict[str, Any], path: str | Path, metric: str = "auroc")
 
 
 def plot_patching(patch: dict[str, Any], path: str | Path) -> Path:
-    """Layer × role heatmap of the transferred share, one panel per finding."""
+    """Layer × role heatmap of the transferred share, one panel per finding (roles without positions dropped)."""
     plt = _plt()
     findings = list(patch["transfer"])
-    roles, layers = patch["roles"], patch["layers"]
+    layers = patch["layers"]
+    roles = [
+        r for r in patch["roles"] if any(not _isnan(v) for f in findings for v in patch["transfer"][f][r])
+    ]
+    roles = roles or list(patch["roles"])
     cols = min(3, max(1, len(findings)))
     rows = math.ceil(len(findings) / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(4.2 * cols + 1.5, 0.45 * len(roles) * rows + 1.2 * rows),
+        squeeze=False,
+        constrained_layout=True,
+    )
     im = None
-    for ax, f in zip(axes.flat, findings, strict=False):
-        m = np.array([patch["transfer"][f][r] for r in roles], dtype=float)
+    for n, (ax, f) in enumerate(zip(axes.flat, findings, strict=False)):
+        m = np.array(
+            [[np.nan if _isnan(v) else v for v in patch["transfer"][f][r]] for r in roles], dtype=float
+        )
         im = ax.imshow(np.nan_to_num(m, nan=0.0), vmin=-0.2, vmax=1.0, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(m):
             ax.text(
@@ -84,9 +96,9 @@ def plot_patching(patch: dict[str, Any], path: str | Path) -> Path:
                 fontsize=6,
                 color="white" if (not math.isnan(v) and v < 0.6) else "black",
             )
-        ax.set_yticks(range(len(roles)), roles, fontsize=7)
+        ax.set_yticks(range(len(roles)), roles if n % cols == 0 else [], fontsize=7)
         ax.set_xticks(range(len(layers)), [layer_label(L) for L in layers], fontsize=7)
-        ax.set_title(f"{f} (effect {patch['effect'][f]:.2f} nats, n={patch['n_pairs'][f]})", fontsize=8)
+        ax.set_title(f"{f}\neffect {patch['effect'][f]:.3g} nats, n={patch['n_pairs'][f]}", fontsize=8)
         ax.set_xlabel("layer", fontsize=7)
     for ax in list(axes.flat)[len(findings) :]:
         ax.axis("off")
@@ -101,6 +113,10 @@ def plot_patching(patch: dict[str, Any], path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _isnan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def plot_lesion(lesion: dict[str, Any], path: str | Path) -> Path:
