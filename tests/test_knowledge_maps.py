@@ -197,3 +197,22 @@ def test_map_cli_smoke(tmp_path):
         app, ["map", "--studies", "phantom:4", "--out", str(out), "--techniques", "probe,x"]
     )
     assert bad.exit_code != 0 and "unknown" in bad.output
+
+
+@pytest.mark.slow
+def test_umap_projection_and_plot(tmp_path):
+    pytest.importorskip("umap")
+    from sae_rad_ext.interpret.umap_maps import plot_umap, umap_projections
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = (rng.random((n, len(FINDINGS))) < 0.5).astype(np.int64)
+    acts = rng.normal(size=(1, n, 16)).astype(np.float32)
+    acts[0, :, 0] += 4 * y[:, 0]
+    info = [{"view": "PA", "change": "no prior", "patient_id": str(i)} for i in range(n)]
+    pooled = PooledActivations(
+        [0], {"report": acts}, {"report": np.ones(n, bool)}, [str(i) for i in range(n)], info
+    )
+    (proj,) = umap_projections(pooled, [0], ["report"])
+    assert proj.coords.shape == (n, 2) and np.isfinite(proj.coords).all()
+    assert plot_umap(proj, pooled, y, tmp_path / "u.png").stat().st_size > 0
