@@ -250,6 +250,15 @@ def test_score_store_blocks(tmp_path):
         st.scores("generated")
 
 
+def test_holdout_split_is_independent_of_crc_splits():
+    from sae_rad_ext.data.phantom import split_of
+    from sae_rad_ext.interpret.scan import default_split
+
+    test_ids = [f"phantom-0-{i}" for i in range(600) if split_of(f"phantom-0-{i}") == "test"]
+    sides = [default_split(i) for i in test_ids]
+    assert 0.3 < sides.count("holdout") / len(sides) < 0.7
+
+
 def test_slot_group_names_cover_views():
     names, codes = role_group_names(
         torch.tensor([int(Role.IMAGE)] * 2, dtype=torch.int8),

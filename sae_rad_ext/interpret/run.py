@@ -43,6 +43,9 @@ from sae_rad_ext.publish.records import Explanation, FeatureExample, Interpretat
 
 __all__ = ["InterpretConfig", "InterpretResult", "interpret"]
 
+SCAN_VERSION = 2
+"""Bumped when the scan's outputs change meaning (2: salted holdout hash), so old scans are redone."""
+
 
 @dataclass
 class InterpretConfig:
@@ -187,7 +190,9 @@ def interpret(
     ui = _Progress(progress)
     try:
         scfg = cfg.scan_config(hook, getattr(getattr(sae.cfg, "metadata", None), "positions", None))
-        fp_scan = _fingerprint(_sae_fingerprint(sae), studies_key or f"unkeyed-{id(studies)}", asdict(scfg))
+        fp_scan = _fingerprint(
+            SCAN_VERSION, _sae_fingerprint(sae), studies_key or f"unkeyed-{id(studies)}", asdict(scfg)
+        )
         scan_dir = out / "scan"
         if stages.get("scan") != fp_scan or not (scan_dir / "stats.safetensors").is_file():
             stages.pop("examples", None)

@@ -19,7 +19,7 @@ aligns with the labels without the model having seen anything — those rows are
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +61,13 @@ _PROMPT_VALUE_ROLES = (Role.INDICATION, Role.TECHNIQUE, Role.COMPARISON, Role.PR
 
 
 def default_split(study_id: str, holdout_fraction: float = 0.5) -> str:
-    """``"holdout"`` for a stable hash-chosen ``holdout_fraction`` of study ids, else ``"fit"``."""
-    return "holdout" if (zlib.crc32(str(study_id).encode()) % 10_000) / 10_000 < holdout_fraction else "fit"
+    """``"holdout"`` for a stable hash-chosen ``holdout_fraction`` of study ids, else ``"fit"``.
+
+    The hash is salted so it is independent of datasets that split by an unsalted CRC of the id (the
+    phantoms' train/validate/test split is ``crc32(id)``: an unsalted CRC would put a whole test split on
+    one side)."""
+    h = int.from_bytes(hashlib.sha256(f"sae-rad-interpret:{study_id}".encode()).digest()[:4], "big")
+    return "holdout" if h / 2**32 < holdout_fraction else "fit"
 
 
 @torch.no_grad()
