@@ -89,25 +89,124 @@ def _publish(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def _interpretation(ctx: StageContext) -> dict[str, Any]:
+    from sae_rad_ext.interpret.run import InterpretConfig, interpret
+
+    quick = ctx.cfg.quick_mode
+    studies = ctx.splits["validate"] + ctx.splits["test"]
+    icfg = InterpretConfig(
+        hook_name=f"blocks.{ctx.layer}.hook_resid_post",
+        stats_positions=ctx.cfg.positions,
+        batch_size=16,
+        generate=False,
+        max_features=8 if quick else 48,
+        n_examples=3 if quick else 6,
+        n_detect=4 if quick else 10,
+        scorers=("detection",),
+        heatmaps=True,
+        seed=ctx.cfg.seed,
+        # interpret's fit/holdout split hashes study ids like the phantom splitter does (same crc32), so
+        # validate+test ids all hash >= 0.8: 0.9 makes validate the holdout and test the fit studies.
+        holdout_fraction=0.9,
+    )
+    res = interpret(
+        ctx.hooked, ctx.sae, studies, ctx.cfg.out / "interpret", icfg, processor=ctx.processor, progress=True
+    )
+    ctx.summary["_interpretation_run"] = res.run
+    best = {
+        c: {
+            k: getattr(r, k)
+            for k in ("feature", "kind", "f1", "precision", "recall", "auroc", "iou", "pointing", "leaks")
+        }
+        for c, r in res.best.items()
+    }
+    table = [["concept", "feature", "kind", "F1", "AUROC", "IoU", "pointing"]] + [
+        [c, b["feature"], b["kind"], b["f1"], b["auroc"], b["iou"], b["pointing"]] for c, b in best.items()
+    ]
+    return {
+        "path": str(res.out),
+        "n_studies": len(studies),
+        "generated_kind": False,
+        "best_feature_per_concept": best,
+        "n_explained": len(res.explanations),
+        "n_interpretable": sum(c.interpretable for c in res.confidence.values()),
+        "table": table,
+    }
+
+
+def _steering(ctx: StageContext) -> dict[str, Any]:
+    from sae_rad_ext.interpret.steering_bench import run_steering_benchmark
+
+    quick = ctx.cfg.quick_mode
+    interp = ctx.summary.get("interpretation") or {}
+    best = interp.get("best_feature_per_concept") or {}
+    features = {c: b["feature"] for c, b in best.items() if c in FINDINGS} or None
+    bench = run_steering_benchmark(
+        ctx.hooked,
+        ctx.processor,
+        ctx.sae,
+        ctx.splits["validate"],
+        ctx.splits["test"],
+        features=features,
+        coefficients=(4.0,) if quick else (2.0, 4.0, 8.0),
+        findings=("pleural_effusion",) if quick else FINDINGS,
+        n_studies=4 if quick else 16,
+        max_new_tokens=24 if quick else ctx.cfg.max_new_tokens,
+        batch_size=16,
+        seed=ctx.cfg.seed,
+        out=ctx.cfg.out / "steering",
+    )
+    out = bench.summary()
+    out["table"] = [
+        ["finding", "feature", "coef", "on-rate", "random on", "off-target", "random off", "goal"]
+    ] + [
+        [
+            f,
+            v["feature"],
+            v["coefficient"],
+            v["on_rate"],
+            v["random_on_rate"],
+            v["off_target_rate"],
+            v["random_off_target_rate"],
+            v["goal_met"],
+        ]
+        for f, v in out["per_finding"].items()
+    ]
+    out["path"] = str(ctx.cfg.out / "steering")
+    return out
+
+
+_STAGES: dict[str, tuple[str, Any]] = {
+    "interpretation": ("sae_rad_ext.interpret.run", _interpretation),
+    "steering": ("sae_rad_ext.interpret.steering_bench", _steering),
+}
+"""Stage name → (module it needs, ``fn(ctx) -> dict``)."""
+
+
 def run_later_stages(ctx: StageContext) -> None:
-    """Interpretation → steering → knowledge maps → publishing, each if its module is installed."""
+    """Interpretation → steering → publishing, each if its module is installed (else skipped, recorded)."""
     ui = ctx.ui
-    found = {n: _module(f"sae_rad_ext.interpret.{n}") for n in ("concepts", "steering", "knowledge_map")}
-    for name in ("interpretation", "steering", "knowledge_maps"):
-        key = {"interpretation": "concepts", "steering": "steering", "knowledge_maps": "knowledge_map"}[name]
-        hook = _STAGES.get(name)
-        if found[key] is None or hook is None:
-            ui.skip(name, f"module sae_rad_ext.interpret.{key} is not in this install yet")
+    for name, (module, fn) in _STAGES.items():
+        if _module(module) is None:
+            ui.skip(name, f"module {module} is not in this install")
             continue
-        with ui.stage(name):
-            ctx.summary[name] = hook(ctx, found[key])
-    with ui.stage("publish"):
-        ctx.summary["publish"] = _publish(ctx)
+        _guarded(ctx, name, fn)
+    _guarded(ctx, "publish", _publish)
     ctx.summary.pop("_interpretation_run", None)
 
 
-_STAGES: dict[str, Any] = {}
-"""Stage name → ``fn(ctx, module) -> dict``; filled as the interpretation modules land."""
+def _guarded(ctx: StageContext, name: str, fn: Any) -> None:
+    """Run a later stage; a failure is printed and recorded in ``summary["failed_stages"]`` (the SAE and
+    the numbers before it are kept) instead of losing the whole run."""
+    with ctx.ui.stage(name):
+        try:
+            ctx.summary[name] = fn(ctx)
+        except Exception as e:  # noqa: BLE001 - recorded and shown, never silent
+            import traceback
+
+            ctx.summary.setdefault("failed_stages", {})[name] = f"{type(e).__name__}: {e}"
+            ctx.ui.console.print(f"[red]stage {name!r} failed: {type(e).__name__}: {e}")
+            ctx.ui.console.print(traceback.format_exc(limit=6))
 
 
 # ---- printed summary ----------------------------------------------------------------------------

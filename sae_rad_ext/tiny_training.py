@@ -56,7 +56,7 @@ __all__ = [
     "train_tiny_maira2",
 ]
 
-TRAINING_CODE_VERSION = "1"
+TRAINING_CODE_VERSION = "2"
 """Bump when the training code changes what a config produces (invalidates cached models)."""
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -80,9 +80,9 @@ class TinyModelConfig:
     text_heads: int = 4
     vocab_size: int = 1024
     """BPE vocabulary of the demo tokenizer (MAIRA-2's 204 added tokens come on top)."""
-    vision_epochs: float = 5.0
-    vision_batch: int = 64
-    vision_lr: float = 2e-3
+    vision_epochs: float = 6.0
+    vision_batch: int = 16
+    vision_lr: float = 3e-3
     lm_epochs: float = 6.0
     lm_batch: int = 32
     lm_lr: float = 3e-3
@@ -225,6 +225,11 @@ def pretrain_vision(
     grid = cfg.image_size // cfg.patch_size
     d = model.config.text_config.hidden_size
     torch.manual_seed(cfg.seed)
+    # transformers' N(0, 0.02) init through the projector's 4 Linear layers shrinks image features ~1000x
+    # (feature std ~2e-4) and the tower then learns only position priors; PyTorch's fan-in init keeps scale.
+    for mod in model.model.multi_modal_projector.modules():
+        if isinstance(mod, nn.Linear):
+            mod.reset_parameters()
     head_patch, head_study = nn.Linear(d, len(FINDINGS)), nn.Linear(d, len(FINDINGS))
     px = _pixels(proc, train)
     tgt = torch.from_numpy(np.stack([patch_targets(s, grid, cfg.patch_threshold) for s in train]))

@@ -20,7 +20,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the phantoms, the model and the SAE."),
     device: str = typer.Option("cpu", "--device", help="Torch device for the model and the SAE."),
     n_studies: int = typer.Option(
-        None, "--n-studies", help="Phantom studies to generate (default 1200; quick 60)."
+        None, "--n-studies", help="Phantom studies to generate (default 1200; quick 100)."
     ),
     cache_dir: Path = typer.Option(
         None,
