@@ -22,6 +22,7 @@ from ._checks import single_threaded
 
 # the CSR matrices here are internal temporaries; silence torch's one-time "beta" notice for them
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse CSC tensor support is in beta")
 
 # entries per chunk in grad_values: chunk·d_in·4 bytes stays around a few MiB (L2/L3 friendly)
 _GV_CHUNK_BYTES = 4 << 20

@@ -105,23 +105,31 @@ def matryoshka_decode(
 
 class _MatryoshkaLosses(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, idx_s, val_s, bag_off, W, b, coef, N, G, backend, reuse, ends):
+    def forward(ctx, x, idx_s, val_s, bag_off, W, b, coef, N, G, backend, reuse, ends, want_recon):
         prim = ops(backend)
         r = x.float() - (b.float() if b is not None else 0.0)
         losses = torch.empty(G, dtype=torch.float32, device=x.device)
         starts = bag_off[torch.arange(G, device=x.device) * N].tolist() + [idx_s.numel()]
+        recon = None
+        if want_recon:  # x̂ = b_dec + Σ_g partial_g, accumulated in W's dtype like sparse_decode
+            recon = W.new_zeros(N, W.shape[1]) if b is None else b.to(W.dtype).expand(N, -1).clone()
         for g in range(G):
             s0, s1 = starts[g], starts[g + 1]
             p = prim.decode_csr(idx_s[s0:s1], val_s[s0:s1], bag_off[g * N:(g + 1) * N + 1] - s0, W)
             r.sub_(p.float())
+            if recon is not None:
+                recon.add_(p)
             losses[g] = r.square().sum() / max(N, 1)
         ctx.save_for_backward(idx_s, val_s, bag_off, r, coef)
         ctx.W = W
         ctx.meta = (N, G, backend, reuse, starts, x.dtype, val_s.dtype, b.dtype if b is not None else None, ends)
-        return losses * coef
+        if recon is None:
+            return losses * coef
+        ctx.mark_non_differentiable(recon)
+        return losses * coef, recon
 
     @staticmethod
-    def backward(ctx, gL):
+    def backward(ctx, gL, *_unused_recon_grad):
         idx_s, val_s, bag_off, r, coef = ctx.saved_tensors
         W = ctx.W
         N, G, backend, reuse, starts, x_dtype, v_dtype, b_dtype, ends = ctx.meta
@@ -148,7 +156,7 @@ class _MatryoshkaLosses(torch.autograd.Function):
         g_x = a.to(x_dtype) if ctx.needs_input_grad[0] else None
         g_b = (-a.sum(0)).to(b_dtype) if (b_dtype is not None and ctx.needs_input_grad[5]) else None
         g_v = g_val.to(v_dtype) if g_val is not None else None
-        return g_x, None, g_v, None, g_W, g_b, None, None, None, None, None, None
+        return g_x, None, g_v, None, g_W, g_b, None, None, None, None, None, None, None
 
 
 def matryoshka_losses(
@@ -163,7 +171,8 @@ def matryoshka_losses(
     offsets: torch.Tensor | None = None,
     backend: str | None = None,
     reuse_grad_buffer: bool = True,
-) -> torch.Tensor:
+    return_reconstruction: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-level reconstruction losses ``[G]`` (fp32), without materialising ``[G, N, d_in]``.
 
     ``loss[g] = weights[g] · (1/N) · Σ_n Σ_d (x[n, d] − x̂_{≤g}[n, d])²`` — the squared error is
@@ -176,6 +185,10 @@ def matryoshka_losses(
     Args:
         x: ``[N, d_in]`` targets. indices/values/offsets: codes as in :func:`matryoshka_decode`.
         weights: optional ``[G]`` per-level weights folded into the returned losses.
+        return_reconstruction: also return the full reconstruction ``x̂ = b_dec + Σ a·W_dec``
+            (``[N, d_in]``, ``W_dec.dtype``, no gradient — as ``sparse_decode(...).detach()``), summed from
+            the per-group partial decodes the loss computes anyway instead of a second decode.
+            Returns ``(losses, reconstruction)`` then.
 
     Memory: O(N·d_in) (a running residual); the backward recomputes each group's partial decode
     once instead of storing ``[G, N, d_in]``. Differentiable w.r.t. ``x``, ``values``, ``W_dec``, ``b_dec``.
@@ -197,5 +210,5 @@ def matryoshka_losses(
     perm, bag_off = _regroup(idx, off, N, ends, group_major=True)
     return _MatryoshkaLosses.apply(
         x, idx.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), bag_off,
-        W_dec.contiguous(), b_dec, coef, N, G, backend, reuse_grad_buffer, ends,
+        W_dec.contiguous(), b_dec, coef, N, G, backend, reuse_grad_buffer, ends, bool(return_reconstruction),
     )

@@ -174,7 +174,6 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
         self.register_buffer(
             "topk_threshold", torch.tensor(init, dtype=torch.double, device=self.W_dec.device)
         )
-        self._touched: torch.Tensor | None = None  # latents whose W_dec grad rows are non-zero this step
         self._hooked_W_dec: weakref.ref | None = None  # weakref: a Parameter attribute would register
         self.setup()
 
@@ -251,24 +250,23 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
             self._install_decoder_grad_hook()
             self.renormalize_decoder_()
 
-        sae_in = self.process_sae_in(x)  # x − b_dec (differentiable w.r.t. b_dec)
+        # x − b_dec is formed inside the encoder (``pre_bias``): its backward gives b_dec the gradient
+        # −W_enc·Σ_n ∂pre[n] directly instead of a dense [N, d_in] gradient for the centred input.
+        x_in = self._encoder_input(x)
+        pre_bias = self.b_dec if cfg.apply_b_dec_to_input else None
         W_enc, b_enc, inv_norm = self.W_enc, self.b_enc, None
         if cfg.rescale_acts_by_decoder_norm:
             norm = self.W_dec.norm(dim=-1)
             W_enc, b_enc, inv_norm = W_enc * norm, b_enc * norm, 1 / norm
-        codes = K.batch_topk_encode(sae_in, W_enc, b_enc, cfg.k)
+        codes = K.batch_topk_encode(x_in, W_enc, b_enc, cfg.k, pre_bias=pre_bias)
         idx, offsets = codes.indices, codes.offsets
         vals = codes.values if inv_norm is None else codes.values * inv_norm.index_select(0, idx)
 
         reuse = cfg.reuse_grad_buffers
-        level_losses = K.matryoshka_losses(
-            x, idx, vals, self.W_dec, self.level_ends, self.b_dec, offsets=offsets, reuse_grad_buffer=reuse
-        )  # [G] unweighted: mean_n ‖x − x̂_{≤i}‖²
-        with torch.no_grad():
-            sae_out = K.sparse_decode_flat(
-                idx, vals.detach(), offsets, self.W_dec.detach(), self.b_dec.detach()
-            )
-        self._touched = idx
+        level_losses, sae_out = K.matryoshka_losses(
+            x, idx, vals, self.W_dec, self.level_ends, self.b_dec, offsets=offsets, reuse_grad_buffer=reuse,
+            return_reconstruction=True,
+        )  # [G] unweighted: mean_n ‖x − x̂_{≤i}‖²; sae_out = x̂ (all groups, no gradient)
 
         losses: dict[str, torch.Tensor] = {}
         ends = self.level_ends
@@ -283,7 +281,7 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
             losses["mse_loss"] = level_losses[-1]
             for e, v in zip(ends[:-1], level_losses[:-1], strict=True):
                 losses[f"inner_mse_loss_{e}"] = v
-        aux = self._aux_loss(x, sae_in, sae_out, W_enc, b_enc, inv_norm, step_input.dead_neuron_mask)
+        aux = self._aux_loss(x, x_in, pre_bias, sae_out, W_enc, b_enc, inv_norm, step_input.dead_neuron_mask)
         losses["auxiliary_reconstruction_loss"] = aux
         loss = mse + aux
 
@@ -310,7 +308,13 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
             metrics={"topk_threshold": self.topk_threshold},
         )
 
-    def _aux_loss(self, x, sae_in, sae_out, W_enc, b_enc, inv_norm, dead_mask) -> torch.Tensor:
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``process_sae_in`` without the ``b_dec`` subtraction (the encoder kernel applies it)."""
+        sae_in = self.reshape_fn_in(x.to(self.dtype))
+        sae_in = self.hook_sae_input(sae_in)
+        return self.run_time_activation_norm_fn_in(sae_in)
+
+    def _aux_loss(self, x, x_in, pre_bias, sae_out, W_enc, b_enc, inv_norm, dead_mask) -> torch.Tensor:
         cfg = self.cfg
         zero = x.new_zeros((), dtype=torch.float32)
         if dead_mask is None:
@@ -321,6 +325,7 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
             return zero
         k_aux_full = cfg.top_k_aux or cfg.d_in // 2
         k_aux = min(k_aux_full, num_dead)
+        sae_in = x_in if pre_bias is None else x_in - pre_bias
         pre = torch.addmm(b_enc.index_select(0, dead), sae_in, W_enc.index_select(1, dead))  # [N, n_dead]
         if self._dl:
             pre = pre.relu()
@@ -329,9 +334,6 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
         aux_vals = top.values if inv_norm is None else top.values * inv_norm[aux_idx]
         recons = K.sparse_decode(aux_idx, aux_vals, self.W_dec)  # no bias: b_dec is in the residual
         residual = (x - sae_out).detach()
-        self._touched = (
-            torch.cat([self._touched, aux_idx.reshape(-1)]) if self._touched is not None else aux_idx
-        )
         l2 = (residual.float() - recons.float()).pow(2).sum(-1).mean()
         if self._dl:
             denom = (residual.float() - residual.float().mean(0)).pow(2).sum(-1).mean()
@@ -364,25 +366,11 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
 
     def _install_decoder_grad_hook(self) -> None:
         # The parameter object can be replaced (load_state_dict(assign=True)); hook the current one.
+        # A post-accumulate hook edits W_dec.grad in place; a tensor hook returning the edited gradient
+        # made autograd copy the whole [d_sae, d_in] gradient (it could not steal a hook's output).
         if self._hooked_W_dec is None or self._hooked_W_dec() is not self.W_dec:
-            self.W_dec.register_hook(self._remove_parallel_grad)
+            self.W_dec.register_post_accumulate_grad_hook(_remove_parallel_grad_)
             self._hooked_W_dec = weakref.ref(self.W_dec)
-
-    @torch.no_grad()
-    def _remove_parallel_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        """Drop the gradient component parallel to each (unit) decoder row — only rows touched this
-        step can be non-zero, so only those are projected (in place)."""
-        rows, self._touched = self._touched, None
-        if rows is None:
-            W = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            return grad - (grad * W).sum(-1, keepdim=True) * W
-        rows = torch.unique(rows)
-        W = self.W_dec.index_select(0, rows)
-        W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        g = grad.index_select(0, rows)
-        g = g - (g * W).sum(-1, keepdim=True) * W
-        grad.index_copy_(0, rows, g.to(grad.dtype))
-        return grad
 
     # -- saving / folding -------------------------------------------------------------------------
     @override
@@ -413,6 +401,22 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
             "folding decoder norms changes which latents BatchTopK keeps; fold the saved inference SAE "
             "(RadMatryoshkaSAE.fold_W_dec_norm scales its threshold exactly) instead"
         )
+
+
+@torch.no_grad()
+def _remove_parallel_grad_(W_dec: torch.Tensor) -> None:
+    """Drop the component of ``W_dec.grad`` parallel to each decoder row, in place (dictionary_learning's
+    ``remove_gradient_parallel_to_decoder_directions``: ``g − (g·ŵ) ŵ`` with ``ŵ = w/‖w‖``, written as
+    ``g − (g·w)/‖w‖² · w``). Untouched rows have zero gradient and stay zero. Three full-matrix passes
+    (row dots, row norms, one ``addcmul_``) instead of gathering the touched rows."""
+    grad = W_dec.grad
+    if grad is None:
+        return
+    W = W_dec.detach()
+    acc = torch.float64 if W.dtype == torch.float64 else torch.float32
+    dot = torch.einsum("ij,ij->i", grad, W.to(grad.dtype))
+    n2 = torch.linalg.vector_norm(W, dim=1, dtype=acc).square_().clamp_min_(1e-24)
+    grad.addcmul_(W.to(grad.dtype), (dot.to(acc) / n2).to(grad.dtype).unsqueeze(1), value=-1)
 
 
 @torch.no_grad()
