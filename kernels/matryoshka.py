@@ -36,7 +36,9 @@ def _flatten(indices, values, offsets, d_sae):
         if indices.shape != values.shape:
             raise ValueError(f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must match")
         N, k = indices.shape
-        offsets = torch.arange(0, N * k + 1, max(k, 1), device=indices.device) if k else indices.new_zeros(N + 1)
+        offsets = (
+            torch.arange(0, N * k + 1, max(k, 1), device=indices.device) if k else indices.new_zeros(N + 1)
+        )
         return indices.reshape(-1).to(torch.long), values.reshape(-1), offsets, N
     check_float("values", values, 1)
     check_index("indices", indices, 1, d_sae)
@@ -92,8 +94,14 @@ def matryoshka_decode(
     G = len(ends)
     perm, bag_off = _regroup(idx, off, N, ends, group_major=True)
     partial = _SparseDecodeCSR.apply(
-        idx.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), bag_off,
-        W_dec.contiguous(), None, None, backend, reuse_grad_buffer,
+        idx.index_select(0, perm).contiguous(),
+        val.index_select(0, perm).contiguous(),
+        bag_off,
+        W_dec.contiguous(),
+        None,
+        None,
+        backend,
+        reuse_grad_buffer,
     )  # [G*N, d]: bag g*N + n = row n's latents in group g
     out = partial.view(G, N, d_in)
     if G > 1:
@@ -115,14 +123,25 @@ class _MatryoshkaLosses(torch.autograd.Function):
             recon = W.new_zeros(N, W.shape[1]) if b is None else b.to(W.dtype).expand(N, -1).clone()
         for g in range(G):
             s0, s1 = starts[g], starts[g + 1]
-            p = prim.decode_csr(idx_s[s0:s1], val_s[s0:s1], bag_off[g * N:(g + 1) * N + 1] - s0, W)
+            p = prim.decode_csr(idx_s[s0:s1], val_s[s0:s1], bag_off[g * N : (g + 1) * N + 1] - s0, W)
             r.sub_(p.float())
             if recon is not None:
                 recon.add_(p)
-            losses[g] = r.square().sum() / max(N, 1)
+            rv = r.view(-1)
+            losses[g] = torch.dot(rv, rv) / max(N, 1)
         ctx.save_for_backward(idx_s, val_s, bag_off, r, coef)
         ctx.W = W
-        ctx.meta = (N, G, backend, reuse, starts, x.dtype, val_s.dtype, b.dtype if b is not None else None, ends)
+        ctx.meta = (
+            N,
+            G,
+            backend,
+            reuse,
+            starts,
+            x.dtype,
+            val_s.dtype,
+            b.dtype if b is not None else None,
+            ends,
+        )
         if recon is None:
             return losses * coef
         ctx.mark_non_differentiable(recon)
@@ -136,25 +155,27 @@ class _MatryoshkaLosses(torch.autograd.Function):
         prim = ops(backend)
         c = (gL.float() * coef * (2.0 / max(N, 1))).tolist()
         r = r.clone()
-        a = torch.zeros_like(r)
-        g_val = torch.zeros(idx_s.numel(), dtype=W.dtype, device=W.device) if ctx.needs_input_grad[2] else None
+        na = torch.zeros_like(r)  # −∂loss/∂x̂ accumulated over levels ≥ g (= the grad of each partial decode)
+        g_val = (
+            torch.zeros(idx_s.numel(), dtype=W.dtype, device=W.device) if ctx.needs_input_grad[2] else None
+        )
         g_W = grad_buffer(W, W.dtype, reuse) if ctx.needs_input_grad[4] else None
         for g in range(G - 1, -1, -1):
             s0, s1 = starts[g], starts[g + 1]
-            a.add_(r, alpha=c[g])
-            off_g = bag_off[g * N:(g + 1) * N + 1] - s0
+            na.add_(r, alpha=-c[g])
+            off_g = bag_off[g * N : (g + 1) * N + 1] - s0
             idx_g, val_g = idx_s[s0:s1], val_s[s0:s1]
             lo, hi = (ends[g - 1] if g else 0), ends[g]
             row_g = prim.row_ids_from_offsets(off_g, s1 - s0)
-            Gr = (-a).to(W.dtype)
+            Gr = na if na.dtype == W.dtype else na.to(W.dtype)
             if g_val is not None and s1 > s0:
                 g_val[s0:s1] = prim.grad_values(idx_g, row_g, off_g, W, Gr)
             if g_W is not None:  # groups own disjoint latent ranges: every row written once
                 prim.grad_weight_dense(idx_g, val_g, row_g, Gr, g_W[lo:hi], base=lo)
             if g > 0 and s1 > s0:
                 r.add_(prim.decode_csr(idx_g, val_g, off_g, W).float())
-        g_x = a.to(x_dtype) if ctx.needs_input_grad[0] else None
-        g_b = (-a.sum(0)).to(b_dtype) if (b_dtype is not None and ctx.needs_input_grad[5]) else None
+        g_x = (-na).to(x_dtype) if ctx.needs_input_grad[0] else None
+        g_b = na.sum(0).to(b_dtype) if (b_dtype is not None and ctx.needs_input_grad[5]) else None
         g_v = g_val.to(v_dtype) if g_val is not None else None
         return g_x, None, g_v, None, g_W, g_b, None, None, None, None, None, None, None
 
@@ -209,6 +230,17 @@ def matryoshka_losses(
             raise ValueError(f"weights must have {G} entries (one per group), got {coef.numel()}")
     perm, bag_off = _regroup(idx, off, N, ends, group_major=True)
     return _MatryoshkaLosses.apply(
-        x, idx.index_select(0, perm).contiguous(), val.index_select(0, perm).contiguous(), bag_off,
-        W_dec.contiguous(), b_dec, coef, N, G, backend, reuse_grad_buffer, ends, bool(return_reconstruction),
+        x,
+        idx.index_select(0, perm).contiguous(),
+        val.index_select(0, perm).contiguous(),
+        bag_off,
+        W_dec.contiguous(),
+        b_dec,
+        coef,
+        N,
+        G,
+        backend,
+        reuse_grad_buffer,
+        ends,
+        bool(return_reconstruction),
     )

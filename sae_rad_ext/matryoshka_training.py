@@ -264,7 +264,14 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
 
         reuse = cfg.reuse_grad_buffers
         level_losses, sae_out = K.matryoshka_losses(
-            x, idx, vals, self.W_dec, self.level_ends, self.b_dec, offsets=offsets, reuse_grad_buffer=reuse,
+            x,
+            idx,
+            vals,
+            self.W_dec,
+            self.level_ends,
+            self.b_dec,
+            offsets=offsets,
+            reuse_grad_buffer=reuse,
             return_reconstruction=True,
         )  # [G] unweighted: mean_n ‖x − x̂_{≤i}‖²; sae_out = x̂ (all groups, no gradient)
 

@@ -59,3 +59,25 @@ def test_flat_topk_candidate_pass_is_exact(relu):
         torch.testing.assert_close(v.sort().values, rv.sort().values, rtol=0, atol=0)
         torch.testing.assert_close(flat[p], v, rtol=0, atol=0)
         assert p.unique().numel() == K
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matryoshka_losses_return_reconstruction(with_bias):
+    from sae_rad_ext.kernels import matryoshka_losses, sparse_decode
+
+    gen = torch.Generator().manual_seed(5)
+    N, d_in, d_sae, k = 5, 7, 19, 4
+    idx = torch.stack([torch.randperm(d_sae, generator=gen)[:k] for _ in range(N)])
+    vals = torch.rand(N, k, generator=gen).requires_grad_()
+    W = torch.randn(d_sae, d_in, generator=gen).requires_grad_()
+    b = torch.randn(d_in, generator=gen) if with_bias else None
+    x = torch.randn(N, d_in, generator=gen)
+    plain = matryoshka_losses(x, idx, vals, W, [3, 8, 19], b)
+    losses, recon = matryoshka_losses(x, idx, vals, W, [3, 8, 19], b, return_reconstruction=True)
+    torch.testing.assert_close(losses, plain)
+    assert not recon.requires_grad and recon.shape == (N, d_in)
+    torch.testing.assert_close(recon, sparse_decode(idx, vals, W, b).detach(), rtol=1e-6, atol=1e-6)
+    g1 = torch.autograd.grad(losses.sum(), [vals, W])
+    g2 = torch.autograd.grad(plain.sum(), [vals, W])
+    for a, r in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, r)
