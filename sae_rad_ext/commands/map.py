@@ -28,6 +28,19 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
     return out
 
 
+def _views(text: str) -> dict[str, float]:
+    out = {"lateral": 0.5, "prior": 0.3}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, val = part.partition("=")
+        try:
+            if key not in out:
+                raise ValueError
+            out[key] = float(val)
+        except ValueError:
+            raise typer.BadParameter(f"--pair-views: expected 'lateral=P,prior=P'; got {text!r}") from None
+    return out
+
+
 def _studies(source: str, limit: int | None, image_size: int) -> list:
     if source.startswith("phantom:"):
         from sae_rad_ext.data.phantom import generate_studies
@@ -36,16 +49,20 @@ def _studies(source: str, limit: int | None, image_size: int) -> list:
         try:
             n, seed = int(opts.pop("n", 200)), int(opts.pop("seed", 0))
             size = int(opts.pop("image_size", image_size))
+            lat, prior = float(opts.pop("lateral_prob", 0.5)), float(opts.pop("prior_prob", 0.3))
         except ValueError:
             raise typer.BadParameter(
-                f"--studies {source!r}: expected phantom:N[,seed=S][,image_size=PX]"
+                f"--studies {source!r}: expected phantom:N[,seed=S][,image_size=PX][,lateral_prob=P][,prior_prob=P]"
             ) from None
         if opts:
             raise typer.BadParameter(
                 f"--studies {source!r}: unknown phantom option(s) {sorted(opts)}; "
-                "expected n, seed, image_size"
+                "expected n, seed, image_size, lateral_prob, prior_prob"
             )
-        return list(generate_studies(min(n, limit) if limit else n, seed, image_size=size))
+        gen = generate_studies(
+            min(n, limit) if limit else n, seed, image_size=size, lateral_prob=lat, prior_prob=prior
+        )
+        return list(gen)
     from sae_rad_ext.data.readers import open_studies
 
     studies = open_studies(source, on_error="skip")
@@ -81,6 +98,11 @@ def map_command(
         None, "--findings", help="Comma list of findings to patch / saliency-map; default all."
     ),
     n_pairs: int = typer.Option(8, "--pairs", help="Phantom pairs per finding for patching."),
+    pair_views: str = typer.Option(
+        "lateral=0.5,prior=0.3",
+        "--pair-views",
+        help="Share of patching pairs with a lateral / prior image ('lateral=0,prior=0' for frontal-only models).",
+    ),
     lesion_modes: str = typer.Option("skip,mean", "--lesion-modes", help="Comma list of skip, mean."),
     lesion_windows: str = typer.Option(
         "2", "--lesion-windows", help="Window widths besides single blocks ('' none)."
@@ -117,6 +139,8 @@ def map_command(
             batch_size=batch_size,
             seed=seed,
             n_pairs=n_pairs,
+            pair_lateral_prob=_views(pair_views)["lateral"],
+            pair_prior_prob=_views(pair_views)["prior"],
             lesion_studies=lesion_studies,
             max_new_tokens=max_new_tokens,
             lesion_modes=modes,
