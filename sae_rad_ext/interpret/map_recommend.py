@@ -39,6 +39,11 @@ class Recommendation:
         return "\n".join([head, *[f"  - {r}" for r in self.reasons]])
 
 
+def _nanmax(v: Sequence[float | None]) -> float | None:
+    a = np.asarray([x for x in v if x is not None], dtype=float)
+    return None if a.size == 0 or np.all(np.isnan(a)) else float(np.nanmax(a))
+
+
 def _nanmean(v: Sequence[float]) -> float | None:
     a = np.asarray([x for x in v if x is not None], dtype=float)
     return None if a.size == 0 or np.all(np.isnan(a)) else float(np.nanmean(a))
@@ -48,15 +53,15 @@ def recommend_layer(
     results: dict[str, Any],
     layers: Sequence[int],
     tol: float = 0.02,
-    min_auroc: float = 0.6,
+    min_auroc: float = 0.7,
     min_effect: float = 0.1,
 ) -> Recommendation:
     """Combine the maps into one layer.
 
-    - probe layer: earliest layer whose mean (over findings) held-out AUROC at the last prompt token —
-      what the model knows right before writing, with no report text to read off — is within ``tol`` of
-      the best layer's; ignored when that best is below ``min_auroc`` (the model does not know the
-      findings before writing, so there is nothing to locate);
+    - probe layer: over the findings whose held-out AUROC at the last prompt token — what the model knows
+      right before writing, with no report text to read off — reaches ``min_auroc`` at some layer, the
+      earliest layer whose mean AUROC is within ``tol`` of the best layer's; none when no finding reaches
+      ``min_auroc`` (the model does not know the findings before writing, so there is nothing to locate);
     - patch layer: earliest layer where the transfer through text positions (prompt + report) is at least
       the transfer through image positions (all views) — the findings have reached the text; only
       findings whose clean effect (``D_present − D_absent``) is at least ``min_effect`` nats count
@@ -79,19 +84,23 @@ def recommend_layer(
                 per[layer_label(L)][f"probe_auroc_{pool}"] = _nanmean(
                     [c[k][probes["layers"].index(L)] for k in c]
                 )
-        ok = [(L, m) for L, m in zip(probes["layers"], mean, strict=True) if m is not None and L >= 0]
-        if ok:
-            best = max(m for _, m in ok)
-            if best >= min_auroc:
-                probe_layer = next(L for L, m in ok if m >= best - tol)
-                reasons.append(
-                    f"probes: mean last-prompt AUROC reaches {best:.3f} (within {tol}) at layer {probe_layer}"
-                )
-            else:
-                reasons.append(
-                    f"probes: mean last-prompt AUROC peaks at {best:.3f} < {min_auroc}: the model does not know "
-                    "the findings before writing; no probe layer"
-                )
+        idx = [i for i, L in enumerate(probes["layers"]) if L >= 0]
+        known = sorted(
+            k for k in curves if (b := _nanmax([curves[k][i] for i in idx])) is not None and b >= min_auroc
+        )
+        if known:
+            kmean = [(probes["layers"][i], _nanmean([curves[k][i] for k in known])) for i in idx]
+            best = max(m for _, m in kmean if m is not None)
+            probe_layer = next(L for L, m in kmean if m is not None and m >= best - tol)
+            reasons.append(
+                f"probes: last-prompt AUROC of the findings the model knows before writing ({', '.join(known)}; "
+                f"best ≥ {min_auroc}) reaches {best:.3f} (within {tol}) at layer {probe_layer}"
+            )
+        elif curves:
+            reasons.append(
+                f"probes: no finding reaches last-prompt AUROC {min_auroc} at any layer: the model does not know "
+                "the findings before writing; no probe layer"
+            )
     patch = results.get("patch")
     if patch and patch.get("transfer"):
         weak = sorted(f for f in patch["transfer"] if abs(patch["effect"].get(f) or 0.0) < min_effect)
