@@ -53,12 +53,24 @@ def select_features(
     findings: Sequence[str] = FINDINGS,
     *,
     positions: Selection = "image",
+    with_report: bool = False,
     batch_size: int = 16,
 ) -> dict[str, tuple[int, float]]:
     """``{finding: (feature, F1)}``: the latent whose per-study max over ``positions`` best predicts the
-    finding (F1 at its best threshold on these studies). Use validation studies, report elsewhere."""
+    finding (F1 at its best threshold on these studies). Use validation studies, report elsewhere.
+
+    ``positions="report", with_report=True`` picks the feature that fires where the reference report is
+    teacher-forced — the feature that *writes* the finding (a detection score that leaks the report, but
+    for steering that is the point)."""
     acts = study_feature_activations(
-        model, processor, studies, sae, range(sae.cfg.d_sae), positions=positions, batch_size=batch_size
+        model,
+        processor,
+        studies,
+        sae,
+        range(sae.cfg.d_sae),
+        positions=positions,
+        with_report=with_report,
+        batch_size=batch_size,
     )
     truth = [binarize(t) for t in study_truth_labels(studies)]
     alive = (acts > 0).any(0).nonzero()[:, 0].tolist()
