@@ -121,18 +121,24 @@ class KeywordJudge:
 @dataclass
 class EmbeddingJudge:
     """Cosine similarity of the explanation and each study's report under a sentence embedder
-    (``embed(list[str]) -> [n, d]`` normalised; default: the offline MiniLM model). Threshold: median."""
+    (``embed(list[str]) -> [n, d]`` normalised; default: the offline MiniLM model). Threshold: median.
+    Embeddings are cached per text (the same held-out reports recur across features)."""
 
     embed: Any = None
     threshold: float | str = "median"
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def __call__(self, explanation: str, studies: Sequence[StudyInfo]) -> torch.Tensor:
         if self.embed is None:
             from sae_rad_ext.interpret.embedding import MiniLM
 
             self.embed = MiniLM()
-        docs = [s.findings or "" for s in studies]
-        e = torch.as_tensor(self.embed([explanation, *docs]), dtype=torch.float64)
+        texts = [explanation] + [s.findings or "" for s in studies]
+        new = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if new:
+            for t, v in zip(new, torch.as_tensor(self.embed(new), dtype=torch.float64), strict=True):
+                self._cache[t] = v
+        e = torch.stack([self._cache[t] for t in texts])
         return e[1:] @ e[0]
 
 
