@@ -138,9 +138,9 @@ def _steering(ctx: StageContext) -> dict[str, Any]:
     from sae_rad_ext.interpret.steering_bench import run_steering_benchmark
 
     quick = ctx.cfg.quick_mode
-    interp = ctx.summary.get("interpretation") or {}
-    best = interp.get("best_feature_per_concept") or {}
-    features = {c: b["feature"] for c, b in best.items() if c in FINDINGS} or None
+    # features=None: the benchmark picks each finding's feature on validation studies (the interpretation's
+    # choice was fitted on test studies, see _interpretation) and reports on test studies.
+    features = None
     bench = run_steering_benchmark(
         ctx.hooked,
         ctx.processor,
@@ -148,9 +148,9 @@ def _steering(ctx: StageContext) -> dict[str, Any]:
         ctx.splits["validate"],
         ctx.splits["test"],
         features=features,
-        coefficients=(4.0,) if quick else (2.0, 4.0, 8.0),
+        coefficients=(4.0,) if quick else (2.0, 8.0),
         findings=("pleural_effusion",) if quick else FINDINGS,
-        n_studies=4 if quick else 16,
+        n_studies=4 if quick else 12,
         max_new_tokens=24 if quick else ctx.cfg.max_new_tokens,
         batch_size=16,
         seed=ctx.cfg.seed,
@@ -176,15 +176,55 @@ def _steering(ctx: StageContext) -> dict[str, Any]:
     return out
 
 
+def _knowledge_maps(ctx: StageContext) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from sae_rad_ext.interpret.knowledge_maps import MapConfig, build_knowledge_maps
+
+    quick = ctx.cfg.quick_mode
+    mcfg = MapConfig(
+        techniques=("probe",) if quick else ("probe", "patch"),
+        n_pairs=2 if quick else 6,
+        pair_lateral_prob=0.0,
+        pair_prior_prob=0.0,
+        patch_roles=("image:frontal", "prompt", "report"),
+        seed=ctx.cfg.seed,
+    )
+    studies = ctx.splits["validate"] + ctx.splits["test"]
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, total: int) -> Any:
+        bars[stage] = ctx.ui.bar(f"knowledge map: {stage}", total)
+        return lambda k=1: bars[stage](k)
+
+    maps = build_knowledge_maps(
+        ctx.hooked, studies, ctx.cfg.out / "knowledge_maps", mcfg, processor=ctx.processor, progress=progress
+    )
+    rec = asdict(maps.recommendation)
+    return {
+        "path": str(ctx.cfg.out / "knowledge_maps"),
+        "techniques": list(mcfg.techniques),
+        "recommended_layer": rec["layer"],
+        "probe_layer": rec["probe_layer"],
+        "patch_layer": rec["patch_layer"],
+        "sae_layer": ctx.layer,
+        "reasons": rec["reasons"],
+        "seconds": maps.seconds,
+        "table": [["recommended layer", "probe layer", "patch layer", "demo SAE layer"]]
+        + [[rec["layer"], rec["probe_layer"], rec["patch_layer"], ctx.layer]],
+    }
+
+
 _STAGES: dict[str, tuple[str, Any]] = {
     "interpretation": ("sae_rad_ext.interpret.run", _interpretation),
     "steering": ("sae_rad_ext.interpret.steering_bench", _steering),
+    "knowledge_maps": ("sae_rad_ext.interpret.knowledge_maps", _knowledge_maps),
 }
 """Stage name → (module it needs, ``fn(ctx) -> dict``)."""
 
 
 def run_later_stages(ctx: StageContext) -> None:
-    """Interpretation → steering → publishing, each if its module is installed (else skipped, recorded)."""
+    """Interpretation → steering → knowledge maps → publishing, each if its module is installed (else skipped, recorded)."""
     ui = ctx.ui
     for name, (module, fn) in _STAGES.items():
         if _module(module) is None:

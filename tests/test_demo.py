@@ -59,6 +59,7 @@ def test_quick_demo_summary(quick_run):
     )
     assert s["timings_s"]["total"] > 0 and {"data", "model", "sae"} <= set(s["timings_s"])
     assert "Stage timings" in stdout  # the printed summary
+    assert not s.get("failed_stages"), s.get("failed_stages")
 
 
 def test_quick_demo_outputs_load(quick_run):
