@@ -9,8 +9,8 @@ Per finding:
    ``best_feature_per_concept``) or picked on the validation studies by :func:`select_features` (best
    F1 of the per-study max activation at image positions vs the study's labels);
 2. the coefficient: a sweep on validation studies (feature and equal-norm random direction; the plot);
-   the chosen one is the highest on-rate with an off-target rate ≤ ``max_off_target`` (else the best
-   on-rate minus off-target rate);
+   the chosen one is the highest on-rate with an off-target rate ≤ ``max_off_target`` and a parse rate
+   ≥ ``min_parse_rate`` (else the best on-rate minus off-target rate minus missing parse rate);
 3. the reported numbers: that coefficient on held-out test studies, feature vs random control.
 
 Optionally (``descriptions=``) the feature-based report comparison of
@@ -109,9 +109,11 @@ class FindingSteering:
     n_eligible: int
     """Test studies whose unsteered report lacks the finding (the on-rate's denominator)."""
     goal_met: bool
-    """on-rate ≥ 0.8 and off-target ≤ 0.1."""
+    """on-rate ≥ 0.8, off-target ≤ 0.1 and parse rate ≥ ``min_parse_rate`` (word loops do not count)."""
     validation: list[dict[str, Any]] = field(default_factory=list)
     """The validation sweep's rows (feature and random, every coefficient)."""
+    examples: list[dict[str, str]] = field(default_factory=list)
+    """First test studies: unsteered, feature-steered and random-steered report."""
 
 
 @dataclass
@@ -171,15 +173,18 @@ class SteeringBenchmark:
         )
 
 
-def _choose(ev: ControlEval, max_off_target: float) -> float:
+def _choose(ev: ControlEval, max_off_target: float, min_parse_rate: float) -> float:
     rows = [r for r in ev.rows if r.condition == "feature" and r.absolute != 0]
-    ok = [r for r in rows if r.off_target_rate <= max_off_target]
-    pick = (
-        max(ok, key=lambda r: (r.on_rate, -abs(r.coefficient)))
-        if ok
-        else max(rows, key=lambda r: (r.on_rate - r.off_target_rate, -abs(r.coefficient)))
-    )
-    return pick.coefficient
+    ok = [r for r in rows if r.off_target_rate <= max_off_target and r.parse_rate >= min_parse_rate]
+    if ok:
+        return max(ok, key=lambda r: (r.on_rate, -abs(r.coefficient))).coefficient
+    return max(
+        rows,
+        key=lambda r: (
+            r.on_rate - r.off_target_rate - max(0.0, min_parse_rate - r.parse_rate),
+            -abs(r.coefficient),
+        ),
+    ).coefficient
 
 
 def run_steering_benchmark(
@@ -199,6 +204,7 @@ def run_steering_benchmark(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     max_off_target: float = 0.1,
+    min_parse_rate: float = 0.5,
     seed: int = 0,
     out: str | Path | None = None,
     tick: Tick | None = None,
@@ -232,7 +238,7 @@ def run_steering_benchmark(
             ev.plot(
                 Path(out) / f"steering_{f}.png", title=f"{f}: feature {feat} (validation, {len(val)} studies)"
             )
-        c = _choose(ev, max_off_target)
+        c = _choose(ev, max_off_target, min_parse_rate)
         tsw = strength_sweep(model, processor, test, sae, feat, [c], unit=unit, max_act=sw.scale, **gen)
         tev = evaluate_control(tsw, f, model=model, processor=processor, studies=test, batch_size=batch_size)
         fr = next(r for r in tev.rows if r.condition == "feature")
@@ -253,8 +259,17 @@ def run_steering_benchmark(
             fr.fluency_loss,
             tev.baseline_fluency_loss,
             fr.n_off_before,
-            fr.on_rate >= 0.8 and fr.off_target_rate <= 0.1,
+            fr.on_rate >= 0.8 and fr.off_target_rate <= 0.1 and fr.parse_rate >= min_parse_rate,
             [asdict(r) for r in ev.rows],
+            [
+                {
+                    "study_id": tsw.study_ids[i],
+                    "unsteered": tsw.baseline[i],
+                    "feature": tsw.reports[c][i],
+                    "random": tsw.random_reports.get(c, [""] * len(test))[i],
+                }
+                for i in range(min(3, len(test)))
+            ],
         )
     fre = None
     if descriptions:
