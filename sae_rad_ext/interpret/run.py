@@ -55,7 +55,8 @@ class InterpretConfig:
     """Hook the SAE reads; default: the SAE's ``cfg.metadata.hook_name``."""
     stats_positions: str | None = None
     """Positions of the statistics / top examples (a TokenRoles selection); default: the SAE's
-    ``cfg.metadata.positions`` if set, else ``maira2_sae_paper_with_images`` (no prompt boilerplate)."""
+    ``cfg.metadata.positions`` / ``position_selection`` (what ``sae-rad train`` writes) if set, else
+    ``maira2_sae_paper_with_images`` (no prompt boilerplate)."""
     concepts: tuple[str, ...] = (*FINDINGS, "no_finding")
     batch_size: int = 4
     generate: bool = True
@@ -189,7 +190,10 @@ def interpret(
     n_total = len(studies) if isinstance(studies, Sequence) else None
     ui = _Progress(progress)
     try:
-        scfg = cfg.scan_config(hook, getattr(getattr(sae.cfg, "metadata", None), "positions", None))
+        md = getattr(sae.cfg, "metadata", None)
+        scfg = cfg.scan_config(
+            hook, getattr(md, "positions", None) or getattr(md, "position_selection", None)
+        )
         fp_scan = _fingerprint(
             SCAN_VERSION, _sae_fingerprint(sae), studies_key or f"unkeyed-{id(studies)}", asdict(scfg)
         )
