@@ -1,0 +1,65 @@
+"""The README's steering numbers: every finding on the demo's tiny model + SAE (held-out phantoms).
+
+    python benchmarks/steering_demo_numbers.py runs/demo runs/steer_all --select image
+    python benchmarks/steering_demo_numbers.py runs/demo runs/steer_rep --select report
+
+``ROOT`` holds ``model/``, ``sae/`` and ``data/`` as ``sae-rad demo`` writes them. Features are picked on
+the validation split (``--select image``: per-study max at image positions; ``report``: at the
+teacher-forced reference report), coefficients on 40 validation studies, numbers on 40 test studies
+(:func:`sae_rad_ext.interpret.steering_bench.run_steering_benchmark`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from sae_lens import SAE
+from sae_rad_ext.adapters import HookedMaira2, Maira2Processor
+
+import sae_rad_ext  # noqa: F401  (registers the Matryoshka SAE)
+from sae_rad_ext.data.phantom_io import load_phantom_dataset
+from sae_rad_ext.interpret.feature_reports import concept_descriptions
+from sae_rad_ext.interpret.steering_bench import run_steering_benchmark, select_features
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root")
+    ap.add_argument("out")
+    ap.add_argument("--select", choices=["image", "report"], default="image")
+    ap.add_argument("--positions", default="all", help="where the steering edit applies")
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--coef", default="0.5,1,2,4,8")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    model = HookedMaira2.from_pretrained(f"{a.root}/model")
+    proc = Maira2Processor.from_model_config(model.model.config, model.tokenizer)
+    sae = SAE.load_from_disk(f"{a.root}/sae")
+    splits: dict[str, list] = {"train": [], "validate": [], "test": []}
+    for s in load_phantom_dataset(f"{a.root}/data"):
+        splits[s.metadata["split"]].append(s)
+    rep = a.select == "report"
+    feats = select_features(
+        model, proc, splits["validate"], sae, positions="report" if rep else "image", with_report=rep
+    )
+    bench = run_steering_benchmark(
+        model,
+        proc,
+        sae,
+        splits["validate"],
+        splits["test"],
+        features={f: v[0] for f, v in feats.items()},
+        descriptions=concept_descriptions({f: v[0] for f, v in feats.items()}),
+        coefficients=[float(c) for c in a.coef.split(",")],
+        positions=a.positions,
+        n_studies=a.n,
+        max_new_tokens=80,
+        out=a.out,
+    )
+    print(json.dumps({"selection_f1": feats, **bench.summary()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
