@@ -15,3 +15,11 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = [it for it in items if not it.get_closest_marker("triton_interpreter_only")]
+
+
+def pytest_configure(config):
+    # Tests use tiny shapes: on 2 cores, intra-op threading costs more than it gains (and a
+    # contended machine makes every tiny op wait on threads). Subprocess tests set their own.
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SAE_RAD_TEST_THREADS", "1")))
