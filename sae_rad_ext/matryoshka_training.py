@@ -373,8 +373,8 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
 
     def _install_decoder_grad_hook(self) -> None:
         # The parameter object can be replaced (load_state_dict(assign=True)); hook the current one.
-        # A post-accumulate hook edits W_dec.grad in place; a tensor hook returning the edited gradient
-        # made autograd copy the whole [d_sae, d_in] gradient (it could not steal a hook's output).
+        # A post-accumulate hook edits the accumulated W_dec.grad in place (the projection is linear and
+        # idempotent, so projecting again after gradient accumulation is harmless).
         if self._hooked_W_dec is None or self._hooked_W_dec() is not self.W_dec:
             self.W_dec.register_post_accumulate_grad_hook(_remove_parallel_grad_)
             self._hooked_W_dec = weakref.ref(self.W_dec)
