@@ -7,6 +7,7 @@ MAIRA-2's prompt wording, so any text tokenizes (no ``<unk>``). It knows MAIRA-2
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -52,8 +53,7 @@ Degenerative changes of the thoracic spine. Left right upper lower middle lobe b
 """
 
 
-@lru_cache(maxsize=4)
-def _train(vocab_size: int) -> str:
+def _train_bpe(lines: Sequence[str], vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -63,14 +63,39 @@ def _train(vocab_size: int) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = [line for line in _CORPUS.splitlines() if line.strip()]
-    tok.train_from_iterator(lines * 4, trainer=trainer)
+    tok.train_from_iterator(lines, trainer=trainer)
     tok.add_special_tokens(ADDED_SPECIALS)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
     )
-    return tok.to_str()
+    return tok
+
+
+def _wrap(tok: Tokenizer, padding_side: str) -> PreTrainedTokenizerFast:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side=padding_side,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+    fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, *GROUNDING_TOKENS]})
+    return fast
+
+
+def corpus_lines() -> list[str]:
+    """The built-in corpus (chest X-ray report language + MAIRA-2 prompt wording), one line each."""
+    return [line for line in _CORPUS.splitlines() if line.strip()]
+
+
+@lru_cache(maxsize=4)
+def _train(vocab_size: int) -> str:
+    return _train_bpe(corpus_lines() * 4, vocab_size).to_str()
 
 
 def build_tiny_tokenizer(vocab_size: int = 768, padding_side: str = "left") -> PreTrainedTokenizerFast:
@@ -79,16 +104,12 @@ def build_tiny_tokenizer(vocab_size: int = 768, padding_side: str = "left") -> P
     ``vocab_size`` counts the BPE vocabulary; MAIRA-2's 204 added tokens come on top
     (``len(tokenizer)`` is the embedding size to use).
     """
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_train(vocab_size)),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        padding_side=padding_side,
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-    )
-    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, *GROUNDING_TOKENS]})
-    return tok
+    return _wrap(Tokenizer.from_str(_train(vocab_size)), padding_side)
+
+
+def train_tokenizer(
+    lines: Sequence[str], vocab_size: int = 1024, padding_side: str = "left"
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``lines`` (e.g. ``[*corpus_lines(), *reports]``) with MAIRA-2's
+    special tokens, exactly as :func:`build_tiny_tokenizer` is built."""
+    return _wrap(_train_bpe(list(lines), vocab_size), padding_side)

@@ -122,44 +122,9 @@ def cache_root() -> Path:
 # ---- tokenizer ---------------------------------------------------------------------------------
 def build_demo_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> Any:
     """A byte-level BPE tokenizer trained on ``texts`` with MAIRA-2's special tokens (as the tiny one)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from sae_rad_ext.adapters.tokenizer import corpus_lines, train_tokenizer
 
-    from sae_rad_ext.adapters.tokenizer import (
-        _CORPUS,
-        ADDED_SPECIALS,
-        BASE_SPECIALS,
-        GROUNDING_TOKENS,
-        IMAGE_TOKEN,
-    )
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=BASE_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    lines = [ln for ln in _CORPUS.splitlines() if ln.strip()]
-    tok.train_from_iterator([*lines, *texts], trainer=trainer)
-    tok.add_special_tokens(ADDED_SPECIALS)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        padding_side="left",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-    )
-    fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, *GROUNDING_TOKENS]})
-    return fast
+    return train_tokenizer([*corpus_lines(), *texts], vocab_size)
 
 
 # ---- targets -----------------------------------------------------------------------------------
