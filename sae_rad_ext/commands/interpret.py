@@ -43,18 +43,12 @@ def _load_sae(path: Path, device: str) -> Any:
 def studies_factory(source: str, split: str | None, limit: int | None) -> Callable[[], Iterable[Any]]:
     """A zero-argument callable yielding the source's studies afresh on each call (two passes)."""
     if source.startswith("phantom:"):
-        from sae_rad_ext.data.phantom import generate_studies
+        from sae_rad_ext.data.phantom import generate_studies, parse_phantom_source
 
-        kw: dict[str, Any] = {}
-        for part in filter(None, source[8:].split(",")):
-            key, _, val = part.partition("=")
-            if key not in ("n", "seed", "start", "image_size", "lateral_prob", "prior_prob") or not val:
-                raise typer.BadParameter(
-                    f"bad phantom option {part!r}; expected phantom:n=200,seed=1,image_size=112"
-                    ",start=0,lateral_prob=0.5,prior_prob=0.3",
-                    param_hint="--studies",
-                )
-            kw[key] = float(val) if "prob" in key else int(val)
+        try:
+            kw: dict[str, Any] = parse_phantom_source(source)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--studies") from None
         n = int(kw.pop("n", limit or 200))
         n = min(n, limit) if limit else n
         seed = int(kw.pop("seed", 0))

@@ -43,21 +43,20 @@ def _views(text: str) -> dict[str, float]:
 
 def _studies(source: str, limit: int | None, image_size: int) -> list:
     if source.startswith("phantom:"):
-        from sae_rad_ext.data.phantom import generate_studies
+        from sae_rad_ext.data.phantom import generate_studies, parse_phantom_source
 
-        opts = dict(p.split("=", 1) if "=" in p else ("n", p) for p in source[8:].split(",") if p)
         try:
-            n, seed = int(opts.pop("n", 200)), int(opts.pop("seed", 0))
-            size = int(opts.pop("image_size", image_size))
-            lat, prior = float(opts.pop("lateral_prob", 0.5)), float(opts.pop("prior_prob", 0.3))
-        except ValueError:
-            raise typer.BadParameter(
-                f"--studies {source!r}: expected phantom:N[,seed=S][,image_size=PX][,lateral_prob=P][,prior_prob=P]"
-            ) from None
+            opts = parse_phantom_source(source)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--studies") from None
+        n, seed = opts.pop("n", 200), opts.pop("seed", 0)
+        size = opts.pop("image_size", image_size)
+        lat, prior = opts.pop("lateral_prob", 0.5), opts.pop("prior_prob", 0.3)
         if opts:
             raise typer.BadParameter(
-                f"--studies {source!r}: unknown phantom option(s) {sorted(opts)}; "
-                "expected n, seed, image_size, lateral_prob, prior_prob"
+                f"--studies {source!r}: option(s) {sorted(opts)} are not used by sae-rad map; "
+                "expected n, seed, image_size, lateral_prob, prior_prob",
+                param_hint="--studies",
             )
         gen = generate_studies(
             min(n, limit) if limit else n, seed, image_size=size, lateral_prob=lat, prior_prob=prior

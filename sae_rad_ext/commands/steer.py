@@ -38,18 +38,12 @@ def _load_sae(path: Path) -> Any:
 
 def _studies(source: str, split: str | None, limit: int) -> list[Any]:
     if source.startswith("phantom:"):
-        from sae_rad_ext.data.phantom import generate_studies
+        from sae_rad_ext.data.phantom import generate_studies, parse_phantom_source
 
-        kw: dict[str, Any] = {}
-        for part in filter(None, source[8:].split(",")):
-            key, _, val = part.partition("=")
-            if key not in ("n", "seed", "start", "image_size", "lateral_prob", "prior_prob") or not val:
-                raise typer.BadParameter(
-                    f"bad phantom option {part!r}; expected phantom:n=40,seed=1,image_size=128"
-                    ",start=0,lateral_prob=0.5,prior_prob=0.3",
-                    param_hint="--studies",
-                )
-            kw[key] = float(val) if "prob" in key else int(val)
+        try:
+            kw: dict[str, Any] = parse_phantom_source(source)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--studies") from None
         n = min(int(kw.pop("n", limit)), limit)
         return list(generate_studies(n, int(kw.pop("seed", 0)), **kw))
     from sae_rad_ext.data.readers import open_studies

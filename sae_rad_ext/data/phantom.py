@@ -16,6 +16,7 @@ import copy
 import zlib
 from collections.abc import Iterator
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -303,3 +304,37 @@ def generate_studies(n: int, seed: int = 0, *, start: int = 0, image_size: int =
     for i in range(start, start + n):
         yield make_study(seed, i, image_size=image_size, lateral_prob=lateral_prob, prior_prob=prior_prob,
                          finding_probs=finding_probs)
+
+
+_PHANTOM_SPEC_KEYS = {
+    "n": int,
+    "seed": int,
+    "start": int,
+    "image_size": int,
+    "lateral_prob": float,
+    "prior_prob": float,
+}
+
+
+def parse_phantom_source(source: str) -> dict[str, Any]:
+    """Parse a CLI study source ``phantom:N[,seed=S][,start=I][,image_size=PX][,lateral_prob=P][,prior_prob=P]``
+    (``N`` may also be written ``n=N``) into ``generate_studies`` keyword arguments plus ``n`` (absent when
+    not given). Raises ``ValueError`` naming the bad part and the expected form."""
+    if not source.startswith("phantom:"):
+        raise ValueError(f"not a phantom source: {source!r}; expected 'phantom:N[,seed=S,...]'")
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in source[len("phantom:") :].split(","))):
+        key, sep, val = part.partition("=")
+        if not sep:
+            key, val = "n", part
+        cast = _PHANTOM_SPEC_KEYS.get(key)
+        try:
+            if cast is None or not val:
+                raise ValueError
+            out[key] = cast(val)
+        except ValueError:
+            raise ValueError(
+                f"bad phantom option {part!r} in {source!r}; expected "
+                "phantom:N[,seed=S][,start=I][,image_size=PX][,lateral_prob=P][,prior_prob=P]"
+            ) from None
+    return out
