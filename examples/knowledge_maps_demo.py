@@ -34,48 +34,12 @@ from sae_rad_ext.interpret.maps_common import holdout_mask, study_targets
 
 
 def train_sae(hooked, proc, train, layer: int, out: Path, tokens: int, seed: int) -> Path:
-    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
-
     from sae_rad_ext.demo import DemoConfig
-    from sae_rad_ext.matryoshka_training import RadMatryoshkaBatchTopKTrainingSAEConfig
+    from sae_rad_ext.demo_sae import demo_runner_config
     from sae_rad_ext.training import make_runner
 
     d = DemoConfig()
-    steps = tokens // d.sae_batch_tokens
-    sae_cfg = RadMatryoshkaBatchTopKTrainingSAEConfig(
-        d_in=hooked.cfg.d_model,
-        d_sae=d.d_sae,
-        k=d.k,
-        group_fractions=list(d.group_fractions),
-        threshold_start_step=steps // 2,
-        normalize_activations="expected_average_only_in",
-        device="cpu",
-    )
-    rc = LanguageModelSAERunnerConfig(
-        sae=sae_cfg,
-        hook_name=f"blocks.{layer}.hook_resid_post",
-        model_name="tiny-maira2-phantom",
-        dataset_path="",
-        context_size=128,
-        training_tokens=tokens,
-        train_batch_size_tokens=d.sae_batch_tokens,
-        store_batch_size_prompts=32,
-        n_batches_in_buffer=16,
-        lr=d.sae_lr,
-        lr_warm_up_steps=min(50, steps // 10),
-        device="cpu",
-        seed=seed,
-        logger=LoggingConfig(log_to_wandb=False),
-        output_path=str(out),
-        checkpoint_path=None,
-        n_checkpoints=0,
-        dead_feature_window=max(50, steps // 4),
-        feature_sampling_window=max(50, steps // 4),
-        verbose=False,
-        n_eval_batches=2,
-        eval_batch_size_prompts=8,
-        n_batches_for_norm_estimate=d.norm_estimate_batches,
-    )
+    rc = demo_runner_config(d, hooked.cfg.d_model, layer, out, training_tokens=tokens, seed=seed)
     runner = make_runner(rc, hooked, train, positions=d.positions, processor=proc, eval_studies=train[:32])
     torch.manual_seed(seed)
     runner.run()

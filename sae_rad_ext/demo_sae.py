@@ -12,23 +12,23 @@ import torch
 
 from sae_rad_ext.data.study import Study
 
-__all__ = ["evaluate_demo_sae", "train_demo_sae"]
+__all__ = ["demo_runner_config", "evaluate_demo_sae", "train_demo_sae"]
 
 
-def train_demo_sae(
-    cfg: Any, ui: Any, hooked: Any, proc: Any, splits: dict[str, list[Study]], layer: int
-) -> Path:
+def demo_runner_config(
+    cfg: Any, d_model: int, layer: int, out: Path, *, training_tokens: int | None = None, seed: int | None = None
+) -> Any:
+    """The demo's SAELens runner config: a Matryoshka BatchTopK SAE (``cfg``: a :class:`DemoConfig`) on
+    ``blocks.{layer}.hook_resid_post``, written to ``out``. Also used by examples that train the same
+    SAE at other layers."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
     from sae_rad_ext.matryoshka_training import RadMatryoshkaBatchTopKTrainingSAEConfig
-    from sae_rad_ext.training import make_runner
 
-    out = cfg.out / "sae"
-    if out.exists():
-        shutil.rmtree(out)
-    steps = cfg.sae_training_tokens // cfg.sae_batch_tokens
+    tokens = training_tokens if training_tokens is not None else cfg.sae_training_tokens
+    steps = tokens // cfg.sae_batch_tokens
     sae_cfg = RadMatryoshkaBatchTopKTrainingSAEConfig(
-        d_in=hooked.cfg.d_model,
+        d_in=d_model,
         d_sae=cfg.d_sae,
         k=cfg.k,
         group_fractions=list(cfg.group_fractions),
@@ -36,20 +36,20 @@ def train_demo_sae(
         normalize_activations="expected_average_only_in",
         device=cfg.device,
     )
-    rc = LanguageModelSAERunnerConfig(
+    return LanguageModelSAERunnerConfig(
         sae=sae_cfg,
         hook_name=f"blocks.{layer}.hook_resid_post",
         model_name="tiny-maira2-phantom",
         dataset_path="",
         context_size=128,
-        training_tokens=cfg.sae_training_tokens,
+        training_tokens=tokens,
         train_batch_size_tokens=cfg.sae_batch_tokens,
         store_batch_size_prompts=32,
         n_batches_in_buffer=16,
         lr=cfg.sae_lr,
         lr_warm_up_steps=min(50, steps // 10),
         device=cfg.device,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         logger=LoggingConfig(log_to_wandb=False),
         output_path=str(out),
         checkpoint_path=None,
@@ -61,6 +61,17 @@ def train_demo_sae(
         eval_batch_size_prompts=8,
         n_batches_for_norm_estimate=cfg.norm_estimate_batches,
     )
+
+
+def train_demo_sae(
+    cfg: Any, ui: Any, hooked: Any, proc: Any, splits: dict[str, list[Study]], layer: int
+) -> Path:
+    from sae_rad_ext.training import make_runner
+
+    out = cfg.out / "sae"
+    if out.exists():
+        shutil.rmtree(out)
+    rc = demo_runner_config(cfg, hooked.cfg.d_model, layer, out)
     runner = make_runner(
         rc,
         hooked,
