@@ -245,7 +245,10 @@ class HookedMaira2(HookedRootModule):
 
     # ---- running ---------------------------------------------------------------------------
     def _set_offset(self, _module, _args, kwargs):
-        pkv = kwargs.get("past_key_values")
+        # transformers >= 5.24 passes the KV cache as ``cache`` (``past_key_values`` then stays None)
+        pkv = kwargs.get("cache")
+        if pkv is None:
+            pkv = kwargs.get("past_key_values")
         self.position_offset = int(pkv.get_seq_length()) if pkv is not None else 0
 
     def _prepare(self, input_ids, pixel_values, attention_mask):
