@@ -80,10 +80,14 @@ class TinyModelConfig:
     text_heads: int = 4
     vocab_size: int = 1024
     """BPE vocabulary of the demo tokenizer (MAIRA-2's 204 added tokens come on top)."""
-    vision_epochs: float = 6.0
+    vision_epochs: float = 30.0
+    """Vision pretraining epochs: at 6 the patch/study loss had barely moved (held-out study AUROC
+    cardiomegaly 0.66, pneumothorax 0.60); at 30 it reaches 0.94 / 0.80 and report F1 follows."""
     vision_batch: int = 16
     vision_lr: float = 3e-3
-    lm_epochs: float = 6.0
+    lm_epochs: float = 10.0
+    """Report-training epochs (≈ 0.7 s per step of 32 on 2 cores): longer training moves effusion and
+    opacity off the negative sentence; the demo's time budget caps it."""
     lm_batch: int = 32
     lm_lr: float = 3e-3
     patch_threshold: float = 0.02
