@@ -105,11 +105,12 @@ def _make_layer_forward(layer: nn.Module, hooks: _BlockHooks, idx: int, owner: H
             raise _StopForward(hidden_states)
         residual = hidden_states
         hidden_states = layer.input_layernorm(hidden_states)
+        if past_key_values is not None:  # transformers >= 5.24 passes the cache as ``cache`` in kwargs
+            kwargs["past_key_values"] = past_key_values
         hidden_states, _ = layer.self_attn(
             hidden_states=hidden_states,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
