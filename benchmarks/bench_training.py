@@ -12,6 +12,11 @@ interleaved (one step of each per round) so machine load hits them alike; the me
 reported, plus the peak growth of resident memory during a variant's step (sampled every 2 ms;
 the parameters and Adam state, alike for all variants, are resident before the step).
 
+Each SAE runs with the trainer's own ``Adam`` (SAELens's default, the single-tensor loop) and, as ``<variant>+fused``,
+with the same Adam at ``fused=True`` (:func:`sae_rad_ext.training.use_fused_adam`, what
+``make_runner`` uses by default). Speed-ups are printed against ``stock`` (what a stock SAELens run
+does) and, for ``+fused`` variants, against ``stock+fused`` (same optimizer on both sides).
+
     python benchmarks/bench_training.py                 # N = 256 and 1024, 5 rounds
     python benchmarks/bench_training.py --n 256 --rounds 3 --json out.json
 """
@@ -36,6 +41,7 @@ from sae_lens.saes.matryoshka_batchtopk_sae import (
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_rad_ext import RadMatryoshkaBatchTopKTrainingSAE, RadMatryoshkaBatchTopKTrainingSAEConfig
+from sae_rad_ext.training import use_fused_adam
 
 D_IN, D_SAE, K = 4096, 16384, 64
 SIZES = [1024, 3072, 12288]
@@ -69,14 +75,15 @@ class PeakRSS:
 
 def make_sae(variant: str):
     torch.manual_seed(0)
-    if variant == "stock":
+    base = variant.removesuffix("+fused")
+    if base == "stock":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ends = [sum(SIZES[: i + 1]) for i in range(len(SIZES))]
             return MatryoshkaBatchTopKTrainingSAE(
                 MatryoshkaBatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, matryoshka_widths=ends)
             )
-    mode = {"ours-dl": "dictionary_learning", "ours-saelens": "saelens"}[variant]
+    mode = {"ours-dl": "dictionary_learning", "ours-saelens": "saelens"}[base]
     return RadMatryoshkaBatchTopKTrainingSAE(
         RadMatryoshkaBatchTopKTrainingSAEConfig(
             d_in=D_IN, d_sae=D_SAE, k=K, group_sizes=SIZES, loss_mode=mode
@@ -84,7 +91,7 @@ def make_sae(variant: str):
     )
 
 
-def make_trainer(sae, n: int) -> SAETrainer:
+def make_trainer(sae, n: int, fused: bool = False) -> SAETrainer:
     cfg = SAETrainerConfig(
         n_checkpoints=0,
         checkpoint_path=None,
@@ -105,13 +112,30 @@ def make_trainer(sae, n: int) -> SAETrainer:
         feature_sampling_window=2000,
         logger=LoggingConfig(log_to_wandb=False),
     )
-    return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    tr = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    if fused and not use_fused_adam(tr):  # what make_runner does by default (optimizer="fused_adam")
+        raise RuntimeError("fused Adam is not available here")
+    return tr
+
+
+def _optimizer_floor(tr: SAETrainer, rounds: int) -> list[float]:
+    """grad-norm clip + Adam step + zero_grad over 2·d_in·d_sae parameters (shared by every SAE)."""
+    floor = []
+    for _ in range(rounds):
+        for p in tr.sae.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        t0 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(tr.sae.parameters(), 1.0)
+        tr.optimizer.step()
+        tr.optimizer.zero_grad()
+        floor.append(time.perf_counter() - t0)
+    return floor
 
 
 def bench(n: int, rounds: int, variants: list[str]) -> dict:
     g = torch.Generator().manual_seed(n)
     batches = [torch.randn(n, D_IN, generator=g) for _ in range(2)]
-    trainers = {v: make_trainer(make_sae(v), n) for v in variants}
+    trainers = {v: make_trainer(make_sae(v), n, fused=v.endswith("+fused")) for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
     peak: dict[str, float] = {v: 0.0 for v in variants}
     for r in range(rounds + 1):  # round 0 = warm-up (allocator, Adam state, b_dec init)
@@ -125,26 +149,21 @@ def bench(n: int, rounds: int, variants: list[str]) -> dict:
             if r:
                 times[v].append(dt)
                 peak[v] = max(peak[v], mem.peak - mem.start)
-    res = {
+    res: dict[str, dict] = {
         v: {"median_s": statistics.median(t), "runs_s": t, "step_peak_rss_delta_mib": peak[v]}
         for v, t in times.items()
     }
-    # the part every variant shares: grad-norm clip + Adam over 2·d_in·d_sae parameters + zero_grad
-    tr = trainers[variants[0]]
-    floor = []
-    for _ in range(rounds):
-        for p in tr.sae.parameters():
-            p.grad = torch.randn_like(p) * 1e-3
-        t0 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(tr.sae.parameters(), 1.0)
-        tr.optimizer.step()
-        tr.optimizer.zero_grad()
-        floor.append(time.perf_counter() - t0)
-    if "stock" in res:
-        for v in variants:  # noqa: B007
-            if v != "stock":
-                res[v]["speedup_vs_stock"] = res["stock"]["median_s"] / res[v]["median_s"]
-    res["optimizer_only"] = {"median_s": statistics.median(floor), "runs_s": floor}
+    for v in variants:
+        if "stock" in res and not v.startswith("stock"):
+            res[v]["speedup_vs_stock"] = res["stock"]["median_s"] / res[v]["median_s"]
+        if v.endswith("+fused") and "stock+fused" in res and v != "stock+fused":
+            res[v]["speedup_vs_stock_fused"] = res["stock+fused"]["median_s"] / res[v]["median_s"]
+    for fused in (False, True):
+        name = "optimizer_only_fused" if fused else "optimizer_only"
+        owner = next((v for v in variants if v.endswith("+fused") == fused), None)
+        if owner is not None:
+            floor = _optimizer_floor(trainers[owner], rounds)
+            res[name] = {"median_s": statistics.median(floor), "runs_s": floor}
     return res
 
 
@@ -167,7 +186,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--variants", nargs="+", default=["ours-dl", "ours-saelens", "stock"])
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["ours-dl", "ours-saelens", "stock", "ours-dl+fused", "ours-saelens+fused", "stock+fused"],
+    )
     ap.add_argument("--json", default="benchmarks/results_training.json")
     args = ap.parse_args()
     out = {
@@ -186,14 +209,15 @@ def main() -> None:
         res = bench(n, args.rounds, args.variants)
         out["results"][str(n)] = res
         for v, r in res.items():
-            if v == "optimizer_only":
-                print(
-                    f"N={n:5d} {'clip+Adam only':13s} median {r['median_s']:7.3f} s  (shared by every variant)"
-                )
+            if v.startswith("optimizer_only"):
+                label = "clip+Adam only" + (" (fused)" if v.endswith("fused") else "")
+                print(f"N={n:5d} {label:20s} median {r['median_s']:7.3f} s  (shared by every SAE)")
                 continue
             sp = f"  {r['speedup_vs_stock']:.2f}x vs stock" if "speedup_vs_stock" in r else ""
+            if "speedup_vs_stock_fused" in r:
+                sp += f"  {r['speedup_vs_stock_fused']:.2f}x vs stock+fused"
             print(
-                f"N={n:5d} {v:13s} median {r['median_s']:7.3f} s  step peak RSS +{r['step_peak_rss_delta_mib']:6.0f} MiB{sp}",
+                f"N={n:5d} {v:20s} median {r['median_s']:7.3f} s  step peak RSS +{r['step_peak_rss_delta_mib']:6.0f} MiB{sp}",
                 flush=True,
             )
     out["machine"]["loadavg_end"] = os.getloadavg()

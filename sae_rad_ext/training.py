@@ -37,7 +37,55 @@ __all__ = [
     "StudyBatchModel",
     "StudySAETrainingRunner",
     "make_runner",
+    "use_fused_adam",
 ]
+
+OPTIMIZERS = ("fused_adam", "stock")
+"""``make_runner(optimizer=...)``: ``"fused_adam"`` (default) swaps SAELens's ``Adam`` for the same Adam with
+``fused=True`` (see :func:`use_fused_adam`); ``"stock"`` keeps the trainer's optimizer untouched."""
+
+
+def use_fused_adam(trainer: Any) -> bool:
+    """Give a SAELens ``SAETrainer`` the same Adam with ``fused=True``: one pass per tensor and no
+    temporaries, instead of the default single-tensor loop's ~7 full-size passes and 3 fresh allocations
+    per parameter (at d_in=4096, d_sae=16384 on a 2-core CPU the optimizer step went 0.55 s → ~0.2 s;
+    ``benchmarks/bench_training.py``). Same update rule, same hyper-parameters: the state (moments,
+    ``step``, ``lr``) and the LR scheduler's state are carried over, so it can be called after
+    ``load_trainer_state`` (resume) and checkpoints stay loadable by the stock trainer.
+
+    Returns ``True`` when the trainer now has a fused Adam, ``False`` (optimizer left as it was) when
+    the optimizer is not a plain ``torch.optim.Adam`` or fused Adam does not support the parameters'
+    device / dtype.
+    """
+    from sae_lens.training.optim import get_lr_scheduler
+
+    old = trainer.optimizer
+    if type(old) is not torch.optim.Adam:
+        return False
+    if all(g.get("fused") for g in old.param_groups):
+        return True
+    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in old.param_groups]
+    try:
+        new = torch.optim.Adam(groups, fused=True, foreach=False)
+    except (RuntimeError, ValueError, TypeError):  # device / dtype fused Adam does not support
+        return False
+    c = trainer.cfg
+    sched = get_lr_scheduler(
+        c.lr_scheduler_name,
+        lr=c.lr,
+        optimizer=new,
+        warm_up_steps=c.lr_warm_up_steps,
+        decay_steps=c.lr_decay_steps,
+        training_steps=c.total_training_steps,
+        lr_end=c.lr_end,
+        num_cycles=c.n_restart_cycles,
+    )
+    new.load_state_dict(old.state_dict())  # moments, step, current lr / initial_lr
+    for g in new.param_groups:  # load_state_dict copies the saved groups' fused=None back
+        g["fused"], g["foreach"] = True, False
+    sched.load_state_dict(trainer.lr_scheduler.state_dict())
+    trainer.optimizer, trainer.lr_scheduler = new, sched
+    return True
 
 
 class StudyBatchModel:
@@ -113,7 +161,11 @@ class StudySAETrainingRunner(LanguageModelSAETrainingRunner):
         eval_studies: StudySource | None = None,
         override_sae: TrainingSAE[Any] | None = None,
         data_description: str | None = None,
+        optimizer: str = "fused_adam",
     ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        self.optimizer_name = optimizer
         # Mirrors LanguageModelSAETrainingRunner.__init__ (SAELens 6.54) with the store replaced.
         self.cfg = cfg
         self.model = model
@@ -177,6 +229,12 @@ class StudySAETrainingRunner(LanguageModelSAETrainingRunner):
             stats.update_batch(store._activations(chunk))
         return stats.to_dict()
 
+    def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
+        # Called by run() after the trainer is built and any checkpoint state is loaded into it.
+        if self.optimizer_name == "fused_adam":
+            use_fused_adam(trainer)
+        return super().run_trainer_with_interruption_handling(trainer)
+
     def save_checkpoint(self, checkpoint_path) -> None:
         # SAELens's interruption handler (SIGINT/SIGTERM) calls this for a folder nobody created yet.
         if checkpoint_path is not None:
@@ -201,6 +259,7 @@ def make_runner(
     override_sae: TrainingSAE[Any] | None = None,
     model_name: str | None = None,
     data_description: str | None = None,
+    optimizer: str = "fused_adam",
 ) -> StudySAETrainingRunner:
     """A SAELens training runner whose activations come from image+text studies.
 
@@ -209,6 +268,8 @@ def make_runner(
     nominal positions per study for buffer sizing, ``normalize_activations`` on the SAE config, logging,
     checkpoints, ``resume_from_checkpoint``, ``use_cached_activations`` …). ``cfg.dataset_path`` is not
     read. ``model_name`` (default: ``model.cfg.model_name``) names the model in the SAE's metadata.
+    ``optimizer="fused_adam"`` (default) runs SAELens's Adam with ``fused=True`` (same update, ~2.5× less
+    optimizer time on CPU, :func:`use_fused_adam`); ``"stock"`` keeps the trainer's own Adam.
     """
     name = model_name or getattr(getattr(model, "cfg", None), "model_name", None)
     if name and cfg.model_name == LanguageModelSAERunnerConfig.model_name:
@@ -224,4 +285,5 @@ def make_runner(
         eval_studies=eval_studies,
         override_sae=override_sae,
         data_description=data_description,
+        optimizer=optimizer,
     )

@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 from _studies import random_studies
-from sae_lens import SAE, BatchTopKTrainingSAEConfig, LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens import (
+    SAE,
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    LanguageModelSAERunnerConfig,
+    LoggingConfig,
+)
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_rad_ext.adapters.hooked import HookedMaira2
 
@@ -157,3 +163,85 @@ def test_few_hundred_steps_explained_variance_rises(model, tmp_path):
     after = ev(sae)
     print(f"explained variance on held-out phantom studies: {before:.3f} -> {after:.3f}")
     assert after > before + 0.3 and after > 0.6
+
+
+def _trainer(seed: int, warm_up: int = 4):
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(seed)
+    sae = BatchTopKTrainingSAEConfig(d_in=16, d_sae=32, k=4)
+    cfg = SAETrainerConfig(
+        n_checkpoints=0,
+        checkpoint_path=None,
+        save_final_checkpoint=False,
+        total_training_samples=10**6,
+        device="cpu",
+        autocast=False,
+        lr=1e-2,
+        lr_end=1e-3,
+        lr_scheduler_name="cosineannealing",
+        lr_warm_up_steps=warm_up,
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        lr_decay_steps=0,
+        n_restart_cycles=1,
+        train_batch_size_samples=8,
+        dead_feature_window=100,
+        feature_sampling_window=100,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    return SAETrainer(cfg=cfg, sae=BatchTopKTrainingSAE(sae), data_provider=iter(()))
+
+
+def test_use_fused_adam_continues_the_same_optimisation():
+    """Swapping mid-run carries moments, step count, current lr and the scheduler: same trajectory."""
+    from sae_rad_ext.training import use_fused_adam
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(8, 16, generator=g) for _ in range(8)]
+    a, b = _trainer(1), _trainer(1)
+    for x in batches[:3]:
+        a.step(x), b.step(x)
+    assert use_fused_adam(b) is True and use_fused_adam(b) is True  # idempotent
+    assert all(grp["fused"] for grp in b.optimizer.param_groups)
+    assert b.lr_scheduler.optimizer is b.optimizer
+    assert b.optimizer.param_groups[0]["lr"] == a.optimizer.param_groups[0]["lr"]
+    for x in batches[3:]:
+        a.step(x), b.step(x)
+        assert b.optimizer.param_groups[0]["lr"] == pytest.approx(
+            a.optimizer.param_groups[0]["lr"], rel=1e-12
+        )
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(float(sa[i]["step"]) == float(sb[i]["step"]) == 8 for i in sa)
+    for (n, pa), pb in zip(a.sae.named_parameters(), b.sae.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6, rtol=1e-5), n
+    # the stock trainer can load what the fused one saves (checkpoints stay stock)
+    c = _trainer(1)
+    c.optimizer.load_state_dict(b.optimizer.state_dict())
+
+
+def test_use_fused_adam_leaves_other_optimizers_alone():
+    from sae_rad_ext.training import use_fused_adam
+
+    t = _trainer(2)
+    t.optimizer = torch.optim.SGD(t.sae.parameters(), lr=0.1)
+    assert use_fused_adam(t) is False and isinstance(t.optimizer, torch.optim.SGD)
+
+
+def test_runner_optimizer_choice(model, tmp_path, monkeypatch):
+    import sae_rad_ext.training as tr
+
+    with pytest.raises(ValueError, match=r"optimizer must be one of \('fused_adam', 'stock'\), got 'sgd'"):
+        make_runner(
+            _cfg(tmp_path, steps=2), model, lambda: random_studies(2), positions="all", optimizer="sgd"
+        )
+    seen = []
+    real = tr.use_fused_adam
+    monkeypatch.setattr(tr, "use_fused_adam", lambda t: seen.append(real(t)) or seen[-1])
+    cfg = _cfg(tmp_path, steps=3, logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None)
+    make_runner(cfg, model, lambda: random_studies(4), positions="all").run()
+    assert seen == [True]
+    cfg = _cfg(tmp_path / "s", steps=3, logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None)
+    make_runner(cfg, model, lambda: random_studies(4), positions="all", optimizer="stock").run()
+    assert seen == [True]  # "stock" never swaps
