@@ -175,6 +175,10 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
             "topk_threshold", torch.tensor(init, dtype=torch.double, device=self.W_dec.device)
         )
         self._hooked_W_dec: weakref.ref | None = None  # weakref: a Parameter attribute would register
+        # dictionary_learning renormalises W_dec after every optimizer step; here that happens at the
+        # start of the next forward, so after a training step one renormalisation is pending until then
+        # (applied before folding the activation scale and before saving, never after folding).
+        self._renorm_pending = False
         self.setup()
 
     @property
@@ -249,6 +253,7 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
         if self._dl and cfg.normalize_decoder:
             self._install_decoder_grad_hook()
             self.renormalize_decoder_()
+            self._renorm_pending = True  # the optimizer step after this forward moves W_dec off the sphere
 
         # x − b_dec is formed inside the encoder (``pre_bias``): its backward gives b_dec the gradient
         # −W_enc·Σ_n ∂pre[n] directly instead of a dense [N, d_in] gradient for the centred input.
@@ -370,6 +375,11 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
     def renormalize_decoder_(self) -> None:
         """Rescale every decoder row to unit norm (in place)."""
         self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self._renorm_pending = False
+
+    def _apply_pending_renorm(self) -> None:
+        if self._dl and self.cfg.normalize_decoder and self._renorm_pending:
+            self.renormalize_decoder_()
 
     def _install_decoder_grad_hook(self) -> None:
         # The parameter object can be replaced (load_state_dict(assign=True)); hook the current one.
@@ -383,8 +393,10 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
-        if self._dl and self.cfg.normalize_decoder:
-            self.renormalize_decoder_()  # the constraint dictionary_learning applies after every step
+        if self._dl and self.cfg.normalize_decoder and self._renorm_pending:
+            # the constraint dictionary_learning applies after every step. Only while pending: once the
+            # activation scale is folded in (rows of norm 1/scale), renormalising would undo the fold.
+            self._apply_pending_renorm()
             state_dict["W_dec"] = self.W_dec.detach().clone()
         if self.cfg.rescale_acts_by_decoder_norm:
             norm = self.W_dec.detach().norm(dim=-1).clamp(min=1e-8)
@@ -397,6 +409,7 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
     @override
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        self._apply_pending_renorm()  # unit rows in the normalised space first, then scale them
         super().fold_activation_norm_scaling_factor(scaling_factor)
         if self.cfg.rescale_acts_by_decoder_norm:
             self.topk_threshold /= scaling_factor  # threshold in units of hidden_pre · ‖W_dec‖ (stock #763)

@@ -230,6 +230,41 @@ def test_save_load_from_disk_identical_outputs(tmp_path, mode):
     assert torch.equal(again(x), loaded(x))
 
 
+@pytest.mark.parametrize("mode", ["dictionary_learning", "saelens"])
+def test_folded_activation_scale_survives_saving(tmp_path, mode):
+    """What SAETrainer.fit does at the end with normalize_activations='expected_average_only_in': fold the
+    scale into the weights, then save. The saved SAE on raw activations must equal the trained SAE on
+    scaled ones, rescaled (a dictionary_learning renormalisation at save time once undid the fold)."""
+    torch.manual_seed(5)
+    sae = RadMatryoshkaBatchTopKTrainingSAE(
+        _cfg(threshold_start_step=0, loss_mode=mode, normalize_activations="expected_average_only_in")
+    )
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    scale = 0.3  # raw activations ~3.3x larger than the normalised ones the SAE trains on
+    x_raw = torch.randn(64, D_IN) / scale
+    for step in range(1, 6):
+        out = sae.training_forward_pass(_step(x_raw * scale, step=step))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        if mode == "dictionary_learning":
+            sae.renormalize_decoder_()  # the pending step-5 renormalisation, as the next forward would
+        post = torch.relu((x_raw * scale - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        ref_z = post * (post > sae.topk_threshold.float())
+        ref = (ref_z @ sae.W_dec + sae.b_dec) / scale
+    sae.fold_activation_norm_scaling_factor(scale)
+    sae.save_inference_model(tmp_path)
+    loaded = SAE.load_from_disk(tmp_path)
+    assert loaded.cfg.normalize_activations == "none"
+    torch.testing.assert_close(loaded.encode(x_raw), ref_z, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loaded(x_raw), ref, rtol=1e-4, atol=1e-4)
+    if mode == "dictionary_learning":  # rows keep norm 1/scale: the fold is not undone
+        torch.testing.assert_close(
+            loaded.W_dec.norm(dim=-1), torch.full((D_SAE,), 1 / scale), rtol=1e-5, atol=0
+        )
+
+
 def test_level_wise_encode_decode_and_metrics(tmp_path):
     _, x = _trained_sae(tmp_path)
     sae = SAE.load_from_disk(tmp_path)
