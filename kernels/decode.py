@@ -49,6 +49,17 @@ class _SparseDecodeCSR(torch.autograd.Function):
         return None, g_val, None, g_W, g_b, None, None, None
 
 
+def _decode_csr(idx, val, offsets, W, b, k, backend, reuse):
+    """The autograd function, or (nothing to differentiate: inference, steering, ``no_grad``) the forward
+    alone, which skips the autograd node and saving tensors for a backward."""
+    if torch.is_grad_enabled() and (
+        val.requires_grad or W.requires_grad or (b is not None and b.requires_grad)
+    ):
+        return _SparseDecodeCSR.apply(idx, val, offsets, W, b, k, backend, reuse)
+    out = ops(backend).decode_csr(idx, val, offsets, W)
+    return out.add_(b.to(out.dtype)) if b is not None else out
+
+
 def _prepare(W_dec, b_dec, backend, *tensors):
     backend = resolve_backend(backend, W_dec, *tensors, *([b_dec] if b_dec is not None else []))
     return backend
@@ -88,7 +99,7 @@ def sparse_decode(
     idx = indices.reshape(-1).to(torch.long).contiguous()
     val = values.reshape(-1).contiguous()
     offsets = torch.arange(0, N * k + 1, max(k, 1), device=idx.device) if k else idx.new_zeros(N + 1)
-    return _SparseDecodeCSR.apply(idx, val, offsets, W_dec.contiguous(), b_dec, k, backend, reuse_grad_buffer)
+    return _decode_csr(idx, val, offsets, W_dec.contiguous(), b_dec, k, backend, reuse_grad_buffer)
 
 
 def sparse_decode_flat(
@@ -119,7 +130,13 @@ def sparse_decode_flat(
         raise ValueError(f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must match")
     check_offsets(offsets, indices.numel())
     backend = _prepare(W_dec, b_dec, backend, indices, values, offsets)
-    return _SparseDecodeCSR.apply(
-        indices.to(torch.long).contiguous(), values.contiguous(), offsets.to(torch.long).contiguous(),
-        W_dec.contiguous(), b_dec, None, backend, reuse_grad_buffer,
+    return _decode_csr(
+        indices.to(torch.long).contiguous(),
+        values.contiguous(),
+        offsets.to(torch.long).contiguous(),
+        W_dec.contiguous(),
+        b_dec,
+        None,
+        backend,
+        reuse_grad_buffer,
     )

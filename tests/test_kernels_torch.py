@@ -32,6 +32,31 @@ def test_sparse_decode(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_decode_without_grad_skips_autograd(dtype):
+    """Inference / steering path (nothing requires grad, or no_grad): same numbers, no autograd node."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(23, 17, generator=g).to(dtype)
+    b = torch.randn(17, generator=g).to(dtype)
+    idx = torch.randint(0, 23, (6, 4), generator=g)
+    val = torch.rand(6, 4, generator=g).to(dtype)
+    ref = (
+        torch.zeros(6, 23, dtype=torch.float64).scatter_add_(1, idx, val.double()) @ W.double()
+    ) + b.double()
+    plain = sparse_decode(idx, val, W, b)
+    Wg = W.clone().requires_grad_()
+    with torch.no_grad():
+        nograd = sparse_decode(idx, val, Wg, b)
+    graph = sparse_decode(idx, val, Wg, b)
+    assert plain.grad_fn is None and nograd.grad_fn is None and graph.grad_fn is not None
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 2e-2}
+    torch.testing.assert_close(plain.double(), ref, **tol)
+    assert torch.equal(plain, nograd) and torch.equal(plain, graph.detach())
+    offs = torch.tensor([0, 3, 3, 7, 24])  # flat form, an empty row decodes to b
+    flat = sparse_decode_flat(idx.reshape(-1), val.reshape(-1), offs, W, b)
+    assert flat.grad_fn is None and torch.equal(flat[1], b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_sparse_decode_flat(dtype):
     check_sparse_decode_flat(13, 9, dtype, "torch")
 
@@ -40,20 +65,29 @@ def test_sparse_decode_flat(dtype):
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize(
     "shape,ends",
-    [((7, 3, 19, 13), [2, 7, 19]), ((4, 11, 11, 6), [11]), ((5, 1, 8, 5), [1, 2, 4, 8]), ((6, 8, 40, 33), [16, 40])],
+    [
+        ((7, 3, 19, 13), [2, 7, 19]),
+        ((4, 11, 11, 6), [11]),
+        ((5, 1, 8, 5), [1, 2, 4, 8]),
+        ((6, 8, 40, 33), [16, 40]),
+    ],
 )
 def test_matryoshka(shape, ends, flat, dtype):
     check_matryoshka(*shape, ends, dtype, "torch", flat=flat)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,d_in,d_sae,k,chunk", [(5, 7, 19, 3, None), (4, 6, 13, 1, 4), (3, 5, 9, 9, 2), (6, 9, 31, 4, 7)])
+@pytest.mark.parametrize(
+    "N,d_in,d_sae,k,chunk", [(5, 7, 19, 3, None), (4, 6, 13, 1, 4), (3, 5, 9, 9, 2), (6, 9, 31, 4, 7)]
+)
 def test_topk_encode(N, d_in, d_sae, k, chunk, dtype):
     check_topk(N, d_in, d_sae, k, dtype, "torch", chunk_size=chunk)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,d_in,d_sae,k,chunk", [(5, 7, 19, 3, None), (4, 6, 13, 1, 4), (3, 5, 9, 2.5, 2), (6, 9, 31, 4, 7)])
+@pytest.mark.parametrize(
+    "N,d_in,d_sae,k,chunk", [(5, 7, 19, 3, None), (4, 6, 13, 1, 4), (3, 5, 9, 2.5, 2), (6, 9, 31, 4, 7)]
+)
 def test_batch_topk_encode(N, d_in, d_sae, k, chunk, dtype):
     check_batch_topk(N, d_in, d_sae, k, dtype, "torch", chunk_size=chunk)
 
@@ -181,7 +215,9 @@ def test_clear_errors(monkeypatch):
     with pytest.raises(ValueError, match="last dimension"):
         steer(torch.randn(3, 4), W, torch.tensor([1, 2]), torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="shapes disagree"):
-        clamp(torch.randn(3, 4), torch.randn(4, 10), torch.randn(10), torch.randn(9, 4), torch.tensor([1]), 0.0)
+        clamp(
+            torch.randn(3, 4), torch.randn(4, 10), torch.randn(10), torch.randn(9, 4), torch.tensor([1]), 0.0
+        )
     with pytest.raises(ValueError, match="x must have shape"):
         matryoshka_losses(torch.randn(2, 4), torch.tensor([[0, 1]]), v, W, [10])
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -230,7 +266,9 @@ def test_bench_kernels_quick_runs(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "bench_kernels.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
