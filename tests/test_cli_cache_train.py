@@ -92,9 +92,18 @@ def test_sae_rad_train_end_to_end_and_resume(tmp_path):
     assert md["dataset_path"].startswith("phantom:n=6")
     ckpts = sorted((tmp_path / "ckpt").glob("*/*/trainer_state.pt"))
     assert ckpts
-    res = runner.invoke(app, ["train", str(p), "--resume", "--quiet"])
+    # the checkpoint was written with fused Adam (the default); SAELens's own optimizer resumes from it
+    res = runner.invoke(app, ["train", str(p), "--resume", "--quiet", "--optimizer", "stock"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert f"resuming from {ckpts[-1].parent}" in res.output
+
+
+def test_train_rejects_an_unknown_optimizer(tmp_path):
+    p = tmp_path / "train.yaml"
+    p.write_text(yaml.safe_dump(_train_config(tmp_path)))
+    res = CliRunner().invoke(app, ["train", str(p), "--optimizer", "sgd"])
+    out = " ".join(res.output.replace("│", " ").split())  # rich may wrap the error box
+    assert res.exit_code == 2 and "expected one of fused_adam, stock, got 'sgd'" in out
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

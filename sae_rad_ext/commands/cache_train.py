@@ -201,7 +201,19 @@ def train(
     ),
     print_config_template: bool = _TEMPLATE_OPT,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    optimizer: str = typer.Option(
+        "fused_adam",
+        "--optimizer",
+        help="fused_adam: SAELens's Adam with fused=True (same update, less optimizer time); "
+        "stock: SAELens's optimizer untouched.",
+    ),
 ) -> None:
+    from sae_rad_ext.training import OPTIMIZERS
+
+    if optimizer not in OPTIMIZERS:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}", param_hint="--optimizer"
+        )
     from sae_rad_ext.run_config import (
         build_eval_studies,
         build_model,
@@ -234,6 +246,7 @@ def train(
         with_report=cfg["positions"]["with_report"],
         eval_studies=build_eval_studies(cfg["data"]),
         data_description=description,
+        optimizer=optimizer,
     )
     runner.activations_store.task = cfg["positions"]["task"]
     with _Progress(enabled=not quiet) as bar, _quiet_sae_lens_tqdm(not quiet):
