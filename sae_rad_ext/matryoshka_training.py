@@ -396,7 +396,7 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
         if self._dl and self.cfg.normalize_decoder and self._renorm_pending:
             # the constraint dictionary_learning applies after every step. Only while pending: once the
             # activation scale is folded in (rows of norm 1/scale), renormalising would undo the fold.
-            self._apply_pending_renorm()
+            self.renormalize_decoder_()
             state_dict["W_dec"] = self.W_dec.detach().clone()
         if self.cfg.rescale_acts_by_decoder_norm:
             norm = self.W_dec.detach().norm(dim=-1).clamp(min=1e-8)
