@@ -105,9 +105,9 @@ def _interpretation(ctx: StageContext) -> dict[str, Any]:
         scorers=("detection",),
         heatmaps=True,
         seed=ctx.cfg.seed,
-        # interpret's fit/holdout split hashes study ids like the phantom splitter does (same crc32), so
-        # validate+test ids all hash >= 0.8: 0.9 makes validate the holdout and test the fit studies.
-        holdout_fraction=0.9,
+        # interpret's fit/holdout split is a salted hash of the study id, independent of the phantom
+        # splitter's crc32: half of validate+test fits the thresholds, the other half is the holdout.
+        holdout_fraction=0.5,
     )
     res = interpret(
         ctx.hooked, ctx.sae, studies, ctx.cfg.out / "interpret", icfg, processor=ctx.processor, progress=True
