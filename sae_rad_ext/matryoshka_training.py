@@ -377,9 +377,12 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
         self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self._renorm_pending = False
 
-    def _apply_pending_renorm(self) -> None:
-        if self._dl and self.cfg.normalize_decoder and self._renorm_pending:
-            self.renormalize_decoder_()
+    def _apply_pending_renorm(self) -> bool:
+        """The renormalisation the last optimizer step left pending, if any; True when applied."""
+        if not (self._dl and self.cfg.normalize_decoder and self._renorm_pending):
+            return False
+        self.renormalize_decoder_()
+        return True
 
     def _install_decoder_grad_hook(self) -> None:
         # The parameter object can be replaced (load_state_dict(assign=True)); hook the current one.
@@ -393,10 +396,9 @@ class RadMatryoshkaBatchTopKTrainingSAE(TrainingSAE[RadMatryoshkaBatchTopKTraini
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
-        if self._dl and self.cfg.normalize_decoder and self._renorm_pending:
-            # the constraint dictionary_learning applies after every step. Only while pending: once the
-            # activation scale is folded in (rows of norm 1/scale), renormalising would undo the fold.
-            self.renormalize_decoder_()
+        # the constraint dictionary_learning applies after every step. Only while pending: once the
+        # activation scale is folded in (rows of norm 1/scale), renormalising would undo the fold.
+        if self._apply_pending_renorm():
             state_dict["W_dec"] = self.W_dec.detach().clone()
         if self.cfg.rescale_acts_by_decoder_norm:
             norm = self.W_dec.detach().norm(dim=-1).clamp(min=1e-8)
