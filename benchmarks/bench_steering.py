@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from sae_rad_ext.adapters import HookedMaira2, Maira2Processor
 
-import sae_rad_ext.matryoshka as mat
-from sae_rad_ext.data.phantom import generate_studies
-from sae_rad_ext.interpret.interventions import intervention_hooks, sae_hook_name
-from sae_rad_ext.interpret.steering import Intervention
+import sae_rad_ext.saes.matryoshka as mat
+from sae_rad_ext.data.phantom.generator import generate_studies
+from sae_rad_ext.steering.interventions import intervention_hooks, sae_hook_name
+from sae_rad_ext.steering.steer import Intervention
 
 
 def main() -> None:

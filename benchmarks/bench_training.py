@@ -13,7 +13,7 @@ reported, plus the peak growth of resident memory during a variant's step (sampl
 the parameters and Adam state, alike for all variants, are resident before the step).
 
 Each SAE runs with the trainer's own ``Adam`` (SAELens's default, the single-tensor loop) and, as ``<variant>+fused``,
-with the same Adam at ``fused=True`` (:func:`sae_rad_ext.training.use_fused_adam`, what
+with the same Adam at ``fused=True`` (:func:`sae_rad_ext.training.runner.use_fused_adam`, what
 ``make_runner`` uses by default). Speed-ups are printed against ``stock`` (what a stock SAELens run
 does) and, for ``+fused`` variants, against ``stock+fused`` (same optimizer on both sides).
 
@@ -41,7 +41,7 @@ from sae_lens.saes.matryoshka_batchtopk_sae import (
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_rad_ext import RadMatryoshkaBatchTopKTrainingSAE, RadMatryoshkaBatchTopKTrainingSAEConfig
-from sae_rad_ext.training import use_fused_adam
+from sae_rad_ext.training.runner import use_fused_adam
 
 D_IN, D_SAE, K = 4096, 16384, 64
 SIZES = [1024, 3072, 12288]

@@ -6,7 +6,7 @@
 ``ROOT`` holds ``model/``, ``sae/`` and ``data/`` as ``sae-rad demo`` writes them. Features are picked on
 the validation split (``--select image``: per-study max at image positions; ``report``: at the
 teacher-forced reference report), coefficients on 40 validation studies, numbers on 40 test studies
-(:func:`sae_rad_ext.interpret.steering_bench.run_steering_benchmark`).
+(:func:`sae_rad_ext.steering.benchmark.run_steering_benchmark`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from sae_lens import SAE
 from sae_rad_ext.adapters import HookedMaira2, Maira2Processor
 
 import sae_rad_ext  # noqa: F401  (registers the Matryoshka SAE)
-from sae_rad_ext.data.phantom_io import load_phantom_dataset
-from sae_rad_ext.interpret.feature_reports import concept_descriptions
-from sae_rad_ext.interpret.steering_bench import run_steering_benchmark, select_features
+from sae_rad_ext.data.phantom.io import load_phantom_dataset
+from sae_rad_ext.steering.benchmark import run_steering_benchmark, select_features
+from sae_rad_ext.steering.feature_reports import concept_descriptions
 
 
 def main() -> None:

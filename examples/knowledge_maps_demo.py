@@ -27,16 +27,16 @@ from sae_rad_ext.adapters.hooked import HookedMaira2
 from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import Role
 
-from sae_rad_ext.data.phantom import generate_studies, split_of
+from sae_rad_ext.data.phantom.generator import generate_studies, split_of
 from sae_rad_ext.data.study import FINDINGS
-from sae_rad_ext.interpret.knowledge_maps import MapConfig, build_knowledge_maps, write_json
-from sae_rad_ext.interpret.maps_common import holdout_mask, study_targets
+from sae_rad_ext.maps.common import holdout_mask, study_targets
+from sae_rad_ext.maps.knowledge_maps import MapConfig, build_knowledge_maps, write_json
 
 
 def train_sae(hooked, proc, train, layer: int, out: Path, tokens: int, seed: int) -> Path:
-    from sae_rad_ext.demo import DemoConfig
-    from sae_rad_ext.demo_sae import demo_runner_config
-    from sae_rad_ext.training import make_runner
+    from sae_rad_ext.demo.pipeline import DemoConfig
+    from sae_rad_ext.demo.sae import demo_runner_config
+    from sae_rad_ext.training.runner import make_runner
 
     d = DemoConfig()
     rc = demo_runner_config(d, hooked.cfg.d_model, layer, out, training_tokens=tokens, seed=seed)
@@ -50,9 +50,9 @@ def train_sae(hooked, proc, train, layer: int, out: Path, tokens: int, seed: int
 def best_latents(hooked, proc, sae_dir: Path, layer: int, studies, holdout) -> dict:
     from sae_lens import SAE
 
-    from sae_rad_ext.activations import iter_activations
-    from sae_rad_ext.demo import DEMO_POSITIONS
-    from sae_rad_ext.phantom_benchmark import best_latent_f1, study_truth
+    from sae_rad_ext.activations.extract import iter_activations
+    from sae_rad_ext.demo.pipeline import DEMO_POSITIONS
+    from sae_rad_ext.evaluation.phantom_benchmark import best_latent_f1, study_truth
 
     sae = SAE.load_from_disk(str(sae_dir), device="cpu")
     maxes = {"image": [], "report": []}

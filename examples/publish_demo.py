@@ -3,7 +3,7 @@
     python examples/publish_demo.py --out runs/publish_demo [--sae PATH] [--screenshot examples/dashboard.png]
 
 Without ``--sae`` a small stock SAELens SAE stands in. The interpretation data are the synthetic demo
-run (``sae_rad_ext.publish.demo``: made-up statistics on a real chest radiograph from pydicom-data) until
+run (``sae_rad_ext.demo.synthetic_run``: made-up statistics on a real chest radiograph from pydicom-data) until
 ``sae-rad interpret`` output is passed with ``sae-rad export --interpretation``.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
+from sae_rad_ext.demo.synthetic_run import demo_run
 from sae_rad_ext.publish import (
     NeuronpediaSettings,
     build_site,
@@ -23,7 +24,6 @@ from sae_rad_ext.publish import (
     write_neuronpedia,
     write_release,
 )
-from sae_rad_ext.publish.demo import demo_run
 
 
 def screenshot(index: Path, path: Path, width: int = 900, height: int = 560) -> None:

@@ -15,10 +15,10 @@ import argparse
 import torch
 from sae_rad_ext.adapters import HookedMaira2, Maira2Processor
 
-import sae_rad_ext.matryoshka as mat
-from sae_rad_ext.data.phantom import generate_studies
-from sae_rad_ext.interpret.steering import Intervention, steered_generate, strength_sweep
-from sae_rad_ext.interpret.steering_eval import evaluate_control
+import sae_rad_ext.saes.matryoshka as mat
+from sae_rad_ext.data.phantom.generator import generate_studies
+from sae_rad_ext.steering.evaluate import evaluate_control
+from sae_rad_ext.steering.steer import Intervention, steered_generate, strength_sweep
 
 
 def main() -> None:

@@ -2,26 +2,26 @@
 
 Importing this package registers its SAE architectures with SAELens (the only import-time side effect):
 ``MATRYOSHKA_ARCHITECTURE`` as both a training and an inference architecture, and the ``maira2_sae``
-pretrained-SAE converter (:mod:`sae_rad_ext.maira2_sae`).
+pretrained-SAE converter (:mod:`sae_rad_ext.saes.maira2_format`).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from sae_rad_ext.maira2_sae import (  # noqa: E402
+from sae_rad_ext.saes.maira2_format import (  # noqa: E402
     load_maira2_sae,
     register_maira2_sae_converter,
     register_maira2_sae_release,
     save_maira2_sae_format,
 )
-from sae_rad_ext.matryoshka import (  # noqa: E402
+from sae_rad_ext.saes.matryoshka import (  # noqa: E402
     MATRYOSHKA_ARCHITECTURE,
     LevelMetrics,
     RadMatryoshkaSAE,
     RadMatryoshkaSAEConfig,
 )
-from sae_rad_ext.matryoshka_training import (  # noqa: E402
+from sae_rad_ext.saes.matryoshka_training import (  # noqa: E402
     RadMatryoshkaBatchTopKTrainingSAE,
     RadMatryoshkaBatchTopKTrainingSAEConfig,
 )

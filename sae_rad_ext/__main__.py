@@ -1,3 +1,3 @@
-from sae_rad_ext.cli import app
+from sae_rad_ext.cli.app import app
 
 app(prog_name="sae-rad")

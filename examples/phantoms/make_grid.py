@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from sae_rad_ext.data.phantom import FINDINGS, make_study
+from sae_rad_ext.data.phantom.generator import FINDINGS, make_study
 
 COLORS = {"cardiomegaly": (255, 80, 80), "pleural_effusion": (80, 160, 255), "pneumothorax": (255, 220, 0),
           "lung_opacity": (80, 255, 80), "pacemaker": (255, 0, 255), "support_lines_tubes": (0, 255, 255)}

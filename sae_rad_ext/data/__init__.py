@@ -7,9 +7,9 @@ from sae_rad_ext.data.hf import HFDatasetReader
 from sae_rad_ext.data.images import load_image
 from sae_rad_ext.data.manifest import ManifestReader
 from sae_rad_ext.data.mimic import MimicCxrReader
+from sae_rad_ext.data.read_stats import ReadStats, SourceError, StudyReadError
 from sae_rad_ext.data.readers import count_studies, detect_source, open_studies, register_source
 from sae_rad_ext.data.reports import parse_report_sections
-from sae_rad_ext.data.stats import ReadStats, SourceError, StudyReadError
 from sae_rad_ext.data.study import FINDINGS, Study
 
 __all__ = [

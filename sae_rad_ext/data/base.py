@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Iterator
 
-from sae_rad_ext.data.stats import (
+from sae_rad_ext.data.read_stats import (
     OnError,
     ReadStats,
     StudyFiltered,

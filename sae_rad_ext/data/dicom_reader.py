@@ -10,8 +10,8 @@ from sae_rad_ext.data.base import StudyReader, StudyThunk
 from sae_rad_ext.data.dicom import is_dicom
 from sae_rad_ext.data.images import ImageDType
 from sae_rad_ext.data.manifest import iter_table
+from sae_rad_ext.data.read_stats import OnError, SourceError, StudyFiltered, StudyReadError
 from sae_rad_ext.data.rows import resolve_columns, row_to_study
-from sae_rad_ext.data.stats import OnError, SourceError, StudyFiltered, StudyReadError
 
 SIDECAR_NAMES = ("sidecar", "reports", "studies", "metadata")
 _FRONTAL = {"PA": 0, "AP": 1}

@@ -8,8 +8,8 @@ from typing import Any
 
 from sae_rad_ext.data.base import StudyReader, StudyThunk
 from sae_rad_ext.data.images import ImageDType
+from sae_rad_ext.data.read_stats import OnError, SourceError
 from sae_rad_ext.data.rows import resolve_columns, row_to_study
-from sae_rad_ext.data.stats import OnError, SourceError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 

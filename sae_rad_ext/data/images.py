@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sae_rad_ext.data.dicom import is_dicom, read_dicom
-from sae_rad_ext.data.stats import StudyReadError
+from sae_rad_ext.data.read_stats import StudyReadError
 
 ImageDType = Literal["uint8", "float32"]
 

@@ -22,8 +22,8 @@ from typing import Any
 from sae_rad_ext.data.base import StudyReader, StudyThunk
 from sae_rad_ext.data.images import ImageDType, load_image
 from sae_rad_ext.data.manifest import iter_table
+from sae_rad_ext.data.read_stats import OnError, SourceError, StudyFiltered, StudyReadError
 from sae_rad_ext.data.reports import parse_report_sections, study_text_fields
-from sae_rad_ext.data.stats import OnError, SourceError, StudyFiltered, StudyReadError
 from sae_rad_ext.data.study import Study
 
 FRONTAL_VIEWS = ("PA", "AP")

@@ -30,7 +30,7 @@ from sae_rad_ext.data.dicom_reader import DicomReader, find_sidecar
 from sae_rad_ext.data.hf import IMAGE_SUFFIXES, HFDatasetReader, is_imagefolder, is_saved_dataset
 from sae_rad_ext.data.manifest import MANIFEST_SUFFIXES, ManifestReader, _suffix
 from sae_rad_ext.data.mimic import MimicCxrReader, find_table, is_mimic_root
-from sae_rad_ext.data.stats import SourceError
+from sae_rad_ext.data.read_stats import SourceError
 
 KINDS = ("phantom", "mimic", "hf", "imagefolder", "manifest", "dicom")
 _MANIFEST_NAMES = ("manifest", "studies")
@@ -149,7 +149,7 @@ def open_studies(source: str | Path | Any, *, kind: str | None = None, **kw: Any
 
 def _open_phantom(path: Path, *, split: str | None = None, require_findings: bool = True, **kw: Any) -> StudyReader:
     """A phantom folder through its own loader (keeps the planted masks), with reader options."""
-    from sae_rad_ext.data.phantom_io import load_phantom_dataset
+    from sae_rad_ext.data.phantom.io import load_phantom_dataset
 
     allowed = {"on_error", "max_studies", "shard"}
     if set(kw) - allowed:

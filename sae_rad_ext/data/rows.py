@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_rad_ext.data.images import ImageDType, decode_image_value
+from sae_rad_ext.data.read_stats import SourceError, StudyReadError
 from sae_rad_ext.data.reports import parse_report_sections, study_text_fields
-from sae_rad_ext.data.stats import SourceError, StudyReadError
 from sae_rad_ext.data.study import FINDINGS, Study
 
 DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {

@@ -1,4 +1,4 @@
-"""Interpretation results → :class:`~sae_rad_ext.publish.records.InterpretationRun` and ``features.csv``."""
+"""Interpretation results → :class:`~sae_rad_ext.records.InterpretationRun` and ``features.csv``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from sae_rad_ext.interpret.concepts import AlignmentTable
 from sae_rad_ext.interpret.confidence import Confidence
 from sae_rad_ext.interpret.stats import FeatureStats
-from sae_rad_ext.publish.records import (
+from sae_rad_ext.records import (
     ConceptScore,
     Explanation,
     FeatureExample,

@@ -24,7 +24,7 @@ from sae_rad_ext.interpret.score import (
     fuzzing_score,
     shuffled,
 )
-from sae_rad_ext.publish.records import Explanation
+from sae_rad_ext.records import Explanation
 
 __all__ = ["explain_and_score", "summary"]
 

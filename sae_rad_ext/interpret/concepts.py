@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from sae_rad_ext.interpret.metrics import auroc, best_f1_threshold, binary_metrics
+from sae_rad_ext.evaluation.metrics import auroc, best_f1_threshold, binary_metrics
 from sae_rad_ext.interpret.scan import KINDS, LEAKS, MapOverlap
-from sae_rad_ext.interpret.store import ScoreStore
+from sae_rad_ext.interpret.score_store import ScoreStore
 
 __all__ = ["AlignmentRow", "AlignmentTable", "align_concepts", "best_feature_per_concept"]
 

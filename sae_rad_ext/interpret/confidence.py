@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sae_rad_ext.interpret.store import StudyInfo
+from sae_rad_ext.interpret.score_store import StudyInfo
 
 __all__ = ["Confidence", "concept_dictionary", "feature_confidence"]
 

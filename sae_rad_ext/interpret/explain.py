@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sae_rad_ext.interpret.examples import region_words
-from sae_rad_ext.interpret.store import StudyInfo
-from sae_rad_ext.publish.records import Explanation, FeatureExample
+from sae_rad_ext.interpret.feature_examples import region_words
+from sae_rad_ext.interpret.score_store import StudyInfo
+from sae_rad_ext.records import Explanation, FeatureExample
 
 __all__ = [
     "CallableExplainer",

@@ -9,7 +9,7 @@ Stages (each skipped when its output exists and its inputs' fingerprint matches 
    studies (``examples.jsonl``, ``images/``, ``heatmaps/``);
 4. ``explain`` + ``score`` — explanations (``explanations/{hook}_latent{i}.txt``) and scores with a
    shuffled-explanation baseline (``scores/<scorer>/{hook}_latent{i}.txt``, delphi's layout);
-5. records — the :class:`~sae_rad_ext.publish.records.InterpretationRun` (``run.json``,
+5. records — the :class:`~sae_rad_ext.records.InterpretationRun` (``run.json``,
    ``features.jsonl``, ``arrays.safetensors`` in ``out``), ``features.csv`` (feature, explanation, scores,
    best concept, F1) and ``summary.json`` (best feature per concept and position kind).
 """
@@ -37,9 +37,9 @@ from sae_rad_ext.interpret.concepts import (
 )
 from sae_rad_ext.interpret.confidence import Confidence, feature_confidence
 from sae_rad_ext.interpret.scan import MapOverlap, ScanConfig, scan
+from sae_rad_ext.interpret.score_store import ScoreStore
 from sae_rad_ext.interpret.stats import FeatureStats
-from sae_rad_ext.interpret.store import ScoreStore
-from sae_rad_ext.publish.records import Explanation, FeatureExample, InterpretationRun
+from sae_rad_ext.records import Explanation, FeatureExample, InterpretationRun
 
 __all__ = ["InterpretConfig", "InterpretResult", "interpret"]
 
@@ -236,7 +236,7 @@ def interpret(
         wanted, roles = _wanted_examples(stats, S, store, feats, hold, cfg)
         fp_ex = _fingerprint(fp_scan, sorted((k, sorted(v)) for k, v in wanted.items()), cfg.heatmaps)
         if stages.get("examples") != fp_ex or not (out / "examples.jsonl").is_file():
-            from sae_rad_ext.interpret.examples import collect_examples
+            from sae_rad_ext.interpret.feature_examples import collect_examples
 
             ex = collect_examples(
                 model,

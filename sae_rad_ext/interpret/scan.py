@@ -6,7 +6,7 @@ non-padding position with the SAE, then
 
 - updates :class:`~sae_rad_ext.interpret.stats.FeatureStatsAccumulator` with the positions of
   ``stats_positions`` (a :class:`~sae_rad_ext.adapters.roles.TokenRoles` selection);
-- pools one ``[d_sae]`` score per kind (:data:`KINDS`) into :class:`~sae_rad_ext.interpret.store.ScoreWriter`;
+- pools one ``[d_sae]`` score per kind (:data:`KINDS`) into :class:`~sae_rad_ext.interpret.score_store.ScoreWriter`;
 - for studies with 2-D masks (phantoms: ``metadata["masks"]["frontal"][concept]``) accumulates, for every
   feature × concept, the IoU of the feature's frontal patch map (thresholded at ``map_threshold`` × the
   map's max) with the mask on the patch grid, and the pointing-game hit (the map's argmax patch lies on
@@ -29,11 +29,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sae_rad_ext.activations import activations_from_batch, batched, default_processor, role_group_names
+from sae_rad_ext.activations.extract import (
+    activations_from_batch,
+    batched,
+    default_processor,
+    role_group_names,
+)
 from sae_rad_ext.adapters.roles import ImageSlot, Role, Selection, TokenRoles
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.interpret.score_store import ScoreWriter, StudyInfo
 from sae_rad_ext.interpret.stats import FeatureStatsAccumulator
-from sae_rad_ext.interpret.store import ScoreWriter, StudyInfo
 
 __all__ = ["KINDS", "LEAKS", "MapOverlap", "ScanConfig", "default_split", "encode", "mask_to_grid", "scan"]
 

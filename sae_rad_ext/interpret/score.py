@@ -29,10 +29,10 @@ import torch
 
 from sae_rad_ext.data.labels import label_report
 from sae_rad_ext.data.study import FINDINGS
-from sae_rad_ext.interpret.examples import region_words
-from sae_rad_ext.interpret.metrics import binary_metrics
-from sae_rad_ext.interpret.store import StudyInfo
-from sae_rad_ext.publish.records import FeatureExample
+from sae_rad_ext.evaluation.metrics import binary_metrics
+from sae_rad_ext.interpret.feature_examples import region_words
+from sae_rad_ext.interpret.score_store import StudyInfo
+from sae_rad_ext.records import FeatureExample
 
 __all__ = [
     "Claims",

@@ -4,7 +4,7 @@ top studies and a uniform reservoir of firing studies — memory independent of 
 Everything is a fixed-size tensor updated batch by batch:
 
 - firing counts ``[n_groups, d_sae]`` and position counts ``[n_groups]`` per role group
-  (:func:`sae_rad_ext.activations.role_group_names`: ``report``, ``indication``, ``image:frontal`` …);
+  (:func:`sae_rad_ext.activations.extract.role_group_names`: ``report``, ``indication``, ``image:frontal`` …);
 - sum and max of the activation over firing positions ``[d_sae]``;
 - a histogram of non-zero activations with fixed log-spaced bins ``[d_sae, n_bins + 2]`` (under/overflow);
 - the top ``top_n`` studies per feature by their maximum activation, with the position of that
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from sae_rad_ext.activations import role_group_names
+from sae_rad_ext.activations.extract import role_group_names
 
 __all__ = ["FeatureStats", "FeatureStatsAccumulator", "log_bin_edges"]
 

@@ -1,6 +1,6 @@
 """Publishing: SAELens releases, Neuronpedia files, HTML dashboards.
 
-The data contract is :mod:`sae_rad_ext.publish.records` (``FeatureRecord``, ``InterpretationRun``);
+The data contract is :mod:`sae_rad_ext.records` (``FeatureRecord``, ``InterpretationRun``);
 interpretation produces it, every publisher here consumes it.
 """
 
@@ -12,7 +12,8 @@ from sae_rad_ext.publish.neuronpedia import (
     write_dashboard_batches,
     write_neuronpedia,
 )
-from sae_rad_ext.publish.records import (
+from sae_rad_ext.publish.release import register_release, write_model_card, write_release
+from sae_rad_ext.records import (
     ConceptScore,
     Explanation,
     FeatureExample,
@@ -21,7 +22,6 @@ from sae_rad_ext.publish.records import (
     QuantileGroup,
     records_from_sae,
 )
-from sae_rad_ext.publish.release import register_release, write_model_card, write_release
 
 __all__ = [
     "ConceptScore",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sae_rad_ext.publish.records import FeatureExample, FeatureRecord, InterpretationRun
+from sae_rad_ext.records import FeatureExample, FeatureRecord, InterpretationRun
 
 THUMB = 160
 

@@ -1,6 +1,6 @@
 """Neuronpedia files: SAEDashboard-style dashboard batches, the bulk-import export, steering vectors.
 
-All written from an :class:`~sae_rad_ext.publish.records.InterpretationRun`::
+All written from an :class:`~sae_rad_ext.records.InterpretationRun`::
 
     <out>/dashboard/batch-{N}.json, run_settings.json, skipped_indexes.json   # SAEDashboard's schema
     <out>/export/{model}/{layer}-{set}/release.jsonl, model.jsonl, sourceset.jsonl, source.jsonl,
@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sae_rad_ext.publish.records import FeatureExample, FeatureRecord, InterpretationRun
+from sae_rad_ext.records import FeatureExample, FeatureRecord, InterpretationRun
 
 MAX_FEATURES_PER_BATCH = 128
 """Neuronpedia's (and the ``neuronpedia`` package's) limit per uploaded batch."""

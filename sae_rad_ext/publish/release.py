@@ -309,11 +309,11 @@ def _local_config_getter(
 
 
 def _foreign_converter(folder: Path):
-    """The maira-2-sae format (``ae.pt`` + ``config.json``) loader from :mod:`sae_rad_ext.maira2_sae`."""
+    """The maira-2-sae format (``ae.pt`` + ``config.json``) loader from :mod:`sae_rad_ext.saes.maira2_format`."""
     if not (folder / "ae.pt").is_file():
         return None
     try:
-        from sae_rad_ext.maira2_sae import MAIRA2_SAE_CONVERTER, register_maira2_sae_converter
+        from sae_rad_ext.saes.maira2_format import MAIRA2_SAE_CONVERTER, register_maira2_sae_converter
     except ImportError:
         return None
     from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS

@@ -20,7 +20,7 @@ from sae_rad_ext.publish.neuronpedia import (
     NeuronpediaSettings,
     steering_vector_payloads,
 )
-from sae_rad_ext.publish.records import FeatureRecord, InterpretationRun
+from sae_rad_ext.records import FeatureRecord, InterpretationRun
 
 BASE_URL_ENV = "SAE_RAD_NEURONPEDIA_URL"
 KEY_ENV = "NEURONPEDIA_API_KEY"

@@ -1,0 +1,39 @@
+"""The ``sae-rad`` command line. Each sub-command lives in ``sae_rad_ext/cli/<name>.py`` and
+registers itself on :data:`app`; add a module's name to ``_COMMAND_MODULES`` to include it."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from sae_rad_ext import __version__
+
+app = typer.Typer(
+    name="sae-rad",
+    help="Sparse autoencoders for radiology multimodal LLMs (MAIRA-2, LLaVA) on SAELens.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sae-rad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Sparse autoencoders for radiology multimodal LLMs (MAIRA-2, LLaVA) on SAELens."""
+
+
+_COMMAND_MODULES: list[str] = ["export", "cache_train", "demo", "steer", "interpret", "map"]
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"sae_rad_ext.cli.{_name}")

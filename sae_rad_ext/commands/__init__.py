@@ -1,1 +1,0 @@
-"""CLI sub-commands (each registers on sae_rad_ext.cli.app)."""

@@ -1,0 +1,28 @@
+"""Evaluation: shared metrics (F1, AUROC, best thresholds), the patient-level split, the phantom benchmark.
+
+Imported lazily so that low layers can use :mod:`sae_rad_ext.evaluation.metrics` without pulling in
+the benchmark (which sits above the SAE and activation layers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "BinaryMetrics": "sae_rad_ext.evaluation.metrics",
+    "auroc": "sae_rad_ext.evaluation.metrics",
+    "best_f1_threshold": "sae_rad_ext.evaluation.metrics",
+    "binary_metrics": "sae_rad_ext.evaluation.metrics",
+    "ReportEval": "sae_rad_ext.evaluation.phantom_benchmark",
+    "evaluate_reports": "sae_rad_ext.evaluation.phantom_benchmark",
+    "probe_layers": "sae_rad_ext.evaluation.phantom_benchmark",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sae_rad_ext.evaluation' has no attribute {name!r}")

@@ -1,0 +1,28 @@
+"""Knowledge maps: where a finding lives in the model (probes, UMAP, lesioning, patching, saliency).
+
+Entry points are exported lazily::
+
+    from sae_rad_ext.maps import MapConfig, build_knowledge_maps, recommend_layer
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "TECHNIQUES": "sae_rad_ext.maps.knowledge_maps",
+    "KnowledgeMaps": "sae_rad_ext.maps.knowledge_maps",
+    "MapConfig": "sae_rad_ext.maps.knowledge_maps",
+    "Recommendation": "sae_rad_ext.maps.knowledge_maps",
+    "build_knowledge_maps": "sae_rad_ext.maps.knowledge_maps",
+    "recommend_layer": "sae_rad_ext.maps.knowledge_maps",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sae_rad_ext.maps' has no attribute {name!r}")

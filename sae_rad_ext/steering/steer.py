@@ -1,0 +1,309 @@
+"""Steered report generation and strength sweeps on a hooked MAIRA-2 / LLaVA model.
+
+    from sae_rad_ext.steering.steer import Intervention, steered_generate, strength_sweep
+
+    out = steered_generate(model, processor, studies, sae, [Intervention(812, "add", 8.0, positions="report")])
+    out.reports[0]                                    # the steered FINDINGS text
+    sweep = strength_sweep(model, processor, studies, sae, feature=812, coefficients=[0, 2, 4, 8],
+                           unit="max_act", positions="all")
+    sweep.reports[4.0], sweep.random_reports[4.0]     # feature vs equal-norm random direction
+
+Interventions are applied by hooks at every forward pass of ``HookedMaira2.generate`` (prefill and each
+decoding step, KV cache on); see :mod:`sae_rad_ext.steering.interventions` for what each kind does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+
+from sae_rad_ext.adapters.roles import Selection
+from sae_rad_ext.steering.interventions import Intervention, SaeView, intervention_hooks, sae_hook_name
+
+__all__ = [
+    "Intervention",
+    "SteeredReports",
+    "SweepResult",
+    "random_direction",
+    "steered_generate",
+    "strength_sweep",
+    "study_feature_activations",
+]
+
+Tick = Callable[[int], None]
+
+
+@dataclass
+class SteeredReports:
+    """Generated reports, one per study, in input order."""
+
+    study_ids: list[str]
+    reports: list[str]
+    """Decoded FINDINGS text (up to the first EOS; special tokens stripped)."""
+    token_ids: list[list[int]]
+    """New token ids per study, up to (not including) the first EOS."""
+    seconds: float = 0.0
+    """Wall time spent in ``generate``."""
+
+
+def _chunks(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:
+    if n < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {n}")
+    return [seq[i : i + n] for i in range(0, len(seq), n)]
+
+
+@torch.no_grad()
+def steered_generate(
+    model: Any,
+    processor: Any,
+    studies: Sequence[Any],
+    sae: Any | None,
+    interventions: Sequence[Intervention] = (),
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    task: str = "findings",
+    tick: Tick | None = None,
+    **generate_kwargs: Any,
+) -> SteeredReports:
+    """Greedy generation with ``interventions`` active (none: the model's own reports).
+
+    ``model`` is a :class:`~sae_rad_ext.adapters.HookedMaira2`; ``processor`` a ``Maira2Processor``.
+    Studies are generated ``batch_size`` at a time (left padding; the role table of each batch places
+    the edits). A per-position ``value`` tensor needs the whole list in one batch.
+    """
+    import time
+
+    studies = list(studies)
+    if not studies:
+        raise ValueError("steered_generate needs at least one study")
+    if (
+        any(isinstance(iv.value, torch.Tensor) and iv.value.dim() == 3 for iv in interventions)
+        and len(studies) > batch_size
+    ):
+        raise ValueError(
+            f"a per-position intervention value needs all {len(studies)} studies in one batch; "
+            f"set batch_size ≥ {len(studies)}"
+        )
+    eos = processor.eos_token_id
+    ids_out: list[list[int]] = []
+    secs = 0.0
+    for chunk in _chunks(studies, batch_size):
+        batch = processor.build(list(chunk), task, with_report=False).to(model.cfg.device)
+        T = batch.input_ids.shape[1]
+        hooks = (
+            intervention_hooks(model, sae, interventions, batch.roles, T, max_new_tokens)
+            if interventions
+            else []
+        )
+        t0 = time.perf_counter()
+        out = model.generate(
+            batch.input_ids,
+            pixel_values=batch.pixel_values,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens,
+            fwd_hooks=hooks,
+            **generate_kwargs,
+        )
+        secs += time.perf_counter() - t0
+        for row in out[:, T:].tolist():
+            ids_out.append(row[: row.index(eos)] if eos is not None and eos in row else row)
+        if tick:
+            tick(len(chunk))
+    tok = processor.tokenizer
+    drop = {processor.pad_token_id, processor.image_token_id, processor.bos_token_id}
+    reports = [
+        tok.decode(
+            [t for t in r if t not in drop], skip_special_tokens=True, clean_up_tokenization_spaces=False
+        ).strip()
+        for r in ids_out
+    ]
+    return SteeredReports(
+        [str(getattr(s, "study_id", i)) for i, s in enumerate(studies)], reports, ids_out, secs
+    )
+
+
+def random_direction(sae: Any, feature: int, seed: int = 0) -> torch.Tensor:
+    """A random Gaussian direction with exactly the norm of ``W_dec[feature]`` (the equal-norm control)."""
+    W = sae.W_dec.detach()
+    if not 0 <= int(feature) < W.shape[0]:
+        raise ValueError(f"feature {feature} out of range for d_sae={W.shape[0]}")
+    g = torch.Generator().manual_seed(int(seed))
+    d = torch.randn(W.shape[1], generator=g, dtype=torch.float64)
+    return (d / d.norm() * W[int(feature)].double().norm()).to(W.dtype)
+
+
+@torch.no_grad()
+def study_feature_activations(
+    model: Any,
+    processor: Any,
+    studies: Sequence[Any],
+    sae: Any,
+    features: Sequence[int],
+    *,
+    positions: Selection = "image",
+    with_report: bool = False,
+    reports: Sequence[str] | None = None,
+    pool: Literal["max", "mean"] = "max",
+    batch_size: int = 16,
+    hook_name: str | None = None,
+    tick: Tick | None = None,
+) -> torch.Tensor:
+    """``float [n_studies, F]``: each feature's activation pooled over a study's selected positions.
+
+    Only the chosen features are encoded (``O(N·d·|F|)``). ``positions`` default ``"image"`` (what the
+    model sees, nothing from any report); ``with_report`` / ``reports`` teacher-force a report after the
+    prompt (e.g. the model's own generated one, for ``positions="report"``). Studies without a selected
+    position get 0.
+    """
+    hook = hook_name or sae_hook_name(sae)
+    fid = torch.as_tensor(list(features), dtype=torch.long)
+    p = next(model.model.parameters())
+    view = SaeView(sae, p.device, p.dtype)
+    view.check_ids(fid)
+    layer = _stop_layer(hook)
+    rows = []
+    studies = list(studies)
+    for i, chunk in enumerate(_chunks(studies, batch_size)):
+        rep = None if reports is None else list(reports[i * batch_size : i * batch_size + len(chunk)])
+        batch = processor.build(list(chunk), with_report=with_report or rep is not None, reports=rep)
+        batch = batch.to(model.cfg.device)
+        _, cache = model.run_with_cache(
+            batch.input_ids,
+            pixel_values=batch.pixel_values,
+            attention_mask=batch.attention_mask,
+            names_filter=[hook],
+            stop_at_layer=layer,
+        )
+        f = view.encode_selected(cache[hook], fid.to(p.device))  # [B, T, F]
+        m = batch.roles.mask(positions).to(f.device)[..., None]
+        if pool == "max":
+            pooled = torch.where(m, f, torch.zeros_like(f)).amax(1)
+        else:
+            pooled = (f * m).sum(1) / m.sum(1).clamp(min=1)
+        rows.append(pooled.float().cpu())
+        if tick:
+            tick(len(chunk))
+    return torch.cat(rows)
+
+
+def _stop_layer(hook: str) -> int | None:
+    parts = hook.split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1]) + 1
+    return None
+
+
+@dataclass
+class SweepResult:
+    """Reports of one feature steered at several strengths, beside an equal-norm random direction."""
+
+    feature: int
+    coefficients: list[float]
+    """Coefficients as given (in ``unit``)."""
+    absolute: list[float]
+    """The coefficients actually applied to ``W_dec[feature]`` (``coef × scale``)."""
+    unit: str
+    scale: float
+    """1 for ``unit="absolute"``, the feature's typical max activation for ``unit="max_act"``."""
+    kind: str
+    positions: str
+    study_ids: list[str]
+    baseline: list[str]
+    """Unsteered reports of the same studies."""
+    reports: dict[float, list[str]] = field(default_factory=dict)
+    """Coefficient → steered reports (feature direction)."""
+    random_reports: dict[float, list[str]] = field(default_factory=dict)
+    """Coefficient → reports steered along the random direction of equal norm (``"add"`` only)."""
+    random_norm: float = 0.0
+    feature_norm: float = 0.0
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def strength_sweep(
+    model: Any,
+    processor: Any,
+    studies: Sequence[Any],
+    sae: Any,
+    feature: int,
+    coefficients: Sequence[float],
+    *,
+    unit: Literal["absolute", "max_act"] = "absolute",
+    max_act: float | None = None,
+    kind: Literal["add", "clamp"] = "add",
+    positions: Selection = "all",
+    steps: Sequence[int] | None = None,
+    random_control: bool = True,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    calibration_positions: Selection = "all",
+    tick: Tick | None = None,
+) -> SweepResult:
+    """Generate reports for ``studies`` with ``feature`` steered at each coefficient.
+
+    ``kind="add"``: ``h + c·W_dec[f]``; ``kind="clamp"``: feature clamped to ``c``. ``unit="max_act"``
+    multiplies coefficients by the feature's typical max activation — ``max_act`` if given, else the
+    median over ``studies`` of its per-study max over ``calibration_positions`` (falls back to 1 when the
+    feature never fires there). The random control (``"add"`` only) uses :func:`random_direction` with
+    the same coefficients.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    if not coefficients:
+        raise ValueError("coefficients is empty; give the strengths to sweep, e.g. [0, 2, 4, 8]")
+    if unit not in ("absolute", "max_act"):
+        raise ValueError(f"unit must be 'absolute' or 'max_act', got {unit!r}")
+    studies = list(studies)
+    scale = 1.0
+    if unit == "max_act":
+        if max_act is None:
+            acts = study_feature_activations(
+                model,
+                processor,
+                studies,
+                sae,
+                [feature],
+                positions=calibration_positions,
+                batch_size=batch_size,
+            )[:, 0]
+            fired = acts[acts > 0]
+            max_act = float(fired.median()) if fired.numel() else 1.0
+        scale = float(max_act)
+    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "tick": tick}
+    base = steered_generate(model, processor, studies, sae, [], **gen)
+    res = SweepResult(
+        int(feature),
+        [float(c) for c in coefficients],
+        [float(c) * scale for c in coefficients],
+        unit,
+        scale,
+        kind,
+        str(positions),
+        base.study_ids,
+        base.reports,
+    )
+    rnd = random_direction(sae, feature, seed)
+    res.random_norm = float(rnd.norm())
+    res.feature_norm = float(sae.W_dec[int(feature)].norm())
+    proto = Intervention(int(feature), kind, 0.0, positions=positions, steps=steps)
+    for c, a in zip(res.coefficients, res.absolute, strict=True):
+        if kind == "add" and a == 0.0:
+            res.reports[c] = list(base.reports)  # adding 0 × direction is the identity (tested)
+        else:
+            res.reports[c] = steered_generate(
+                model, processor, studies, sae, [replace(proto, value=a)], **gen
+            ).reports
+        if random_control and kind == "add":
+            if a == 0.0:
+                res.random_reports[c] = list(base.reports)
+            else:
+                iv = replace(proto, value=a, direction=rnd)
+                res.random_reports[c] = steered_generate(model, processor, studies, sae, [iv], **gen).reports
+    res.seconds = time.perf_counter() - t0
+    return res
