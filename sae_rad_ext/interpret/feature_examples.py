@@ -154,10 +154,10 @@ def collect_examples(
                         _model_view_png(processor, image, out_dir / rel)
                         ex.image_path = rel
                         if heatmaps and float(pm.max()) > 0:
-                            from sae_rad_ext.publish.html import load_image, render_overlay
+                            from sae_rad_ext.interpret.heatmaps import load_display_image, render_overlay
 
                             hrel = f"heatmaps/f{f}_{_safe(study.study_id)}_{view}.png"
-                            render_overlay(load_image(out_dir / rel), pm.numpy(), out_dir / hrel)
+                            render_overlay(load_display_image(out_dir / rel), pm.numpy(), out_dir / hrel)
                             ex.heatmap_png = hrel
                 result[(f, study.study_id)] = ex
         if progress is not None:
