@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from sae_rad_ext.errors import BadInputError, CheckpointError, ConfigMismatchError, SaeRadError  # noqa: E402
 from sae_rad_ext.saes.maira2_format import (  # noqa: E402
     load_maira2_sae,
     register_maira2_sae_converter,
@@ -48,11 +49,15 @@ _register()
 
 __all__ = [
     "MATRYOSHKA_ARCHITECTURE",
+    "BadInputError",
+    "CheckpointError",
+    "ConfigMismatchError",
     "LevelMetrics",
     "RadMatryoshkaBatchTopKTrainingSAE",
     "RadMatryoshkaBatchTopKTrainingSAEConfig",
     "RadMatryoshkaSAE",
     "RadMatryoshkaSAEConfig",
+    "SaeRadError",
     "__version__",
     "load_maira2_sae",
     "register_maira2_sae_release",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import groupby
@@ -58,11 +57,6 @@ __all__ = [
     "load_cache_positions",
     "read_cache_info",
 ]
-
-KILL_ENV = "SAE_RAD_CACHE_KILL_AFTER"
-"""Testing aid: ``"<n>"`` SIGKILLs this process right after its n-th shard is recorded; ``"<n>:partial"``
-kills it while the n-th shard is half-written (before the rename); add ``":raise"`` to raise instead."""
-
 
 @dataclass
 class CacheResult:
@@ -110,18 +104,6 @@ def _read_manifests(shard_dir: Path) -> dict[int, dict[str, Any]]:
         for entry in json.loads(f.read_text())["shards"]:
             done[int(entry["shard"])] = entry
     return done
-
-
-def _maybe_kill(n_written: int, stage: str) -> None:
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    n, *flags = spec.split(":")
-    if int(n) != n_written or ("partial" in flags) != (stage == "partial"):
-        return
-    if "raise" in flags:
-        raise RuntimeError(f"{KILL_ENV}={spec}: simulated crash ({stage}, shard {n_written})")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---- distributed -----------------------------------------------------------------------------
@@ -235,7 +217,6 @@ def cache_activations(
             part.mkdir()
             if n_full:
                 save_dataset(rows_dataset(c, ids, hook_name, context_size, dtype, base=first), part / "rows")
-            _maybe_kill(written + 1, "partial")
             tail = {k2: v[n_full * context_size :].contiguous() for k2, v in c.items()}
             save_file(tail, str(part / "tail.safetensors"))
             (part / "study_ids.json").write_text(json.dumps(ids))
@@ -254,7 +235,6 @@ def cache_activations(
             )
             _atomic_json(manifest_path, {"shards": sorted(own, key=lambda e: e["shard"])})
             written += 1
-            _maybe_kill(written, "recorded")
         (shard_dir / f"done-rank{rank}.json").write_text(json.dumps({"n_studies": n_studies}))
         _barrier(world)
         if rank != 0:

@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from sae_rad_ext.cli.app import app
+from sae_rad_ext.errors import BadInputError, SaeRadError
 from sae_rad_ext.training.run_config import config_template, help_text
 
 _CACHE_HELP = (
@@ -128,6 +129,22 @@ def _print_norms(title: str, norms: dict[str, Any]) -> None:
     Console().print(table)
 
 
+@contextlib.contextmanager
+def _config_errors(config: Path) -> Iterator[None]:
+    """Report a bad config (unknown field, wrong type, inconsistent settings) as a
+    :class:`~sae_rad_ext.errors.BadInputError` naming the file."""
+    try:
+        yield
+    except SaeRadError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        text = str(e).strip("'\"")
+        where = "" if str(config) in text else f"{config}: "
+        raise BadInputError(
+            f"{where}{text} (see `sae-rad train --print-config-template` for every field)"
+        ) from e
+
+
 def _local_device(device: str) -> str:
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         return f"cuda:{os.environ['LOCAL_RANK']}"
@@ -143,13 +160,15 @@ def cache(
     from sae_rad_ext.activations.cache import cache_activations
     from sae_rad_ext.training.run_config import build_model, build_studies, load_config
 
-    cfg = load_config(config)
+    with _config_errors(config):
+        cfg = load_config(config)
     cfg["model"]["device"] = _local_device(cfg["model"]["device"])
     c, r = cfg["cache"], cfg["runner"]
     if not c["path"]:
         raise typer.BadParameter("the cache section needs `path`", param_hint="CONFIG")
     model = build_model(cfg["model"])
-    studies, description, n_studies = build_studies(cfg["data"])
+    with _config_errors(config):
+        studies, description, n_studies = build_studies(cfg["data"])
     hook = r.get("hook_name") or f"blocks.{min(15, model.cfg.n_layers - 1)}.hook_resid_post"
     rank = int(os.environ.get("RANK", "0"))
     with _Progress(enabled=not quiet and rank == 0) as bar:
@@ -224,11 +243,13 @@ def train(
     )
     from sae_rad_ext.training.runner import make_runner
 
-    cfg = load_config(config)
+    with _config_errors(config):
+        cfg = load_config(config)
     base_ckpt = cfg["runner"].get("checkpoint_path", "checkpoints")
     model = build_model(cfg["model"])
-    studies, description, _ = build_studies(cfg["data"])
-    run_cfg = build_runner_config(cfg, model)
+    with _config_errors(config):
+        studies, description, _ = build_studies(cfg["data"])
+        run_cfg = build_runner_config(cfg, model)
     if resume or checkpoint is not None:
         ckpt = checkpoint or (latest_checkpoint(base_ckpt) if base_ckpt else None)
         if ckpt is None:

@@ -4,39 +4,38 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from sae_rad_ext.cli.app import app
+from sae_rad_ext.cli.loaders import load_sae_for_command
+from sae_rad_ext.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
 
 
-def _load_sae(path: Path):
-    from sae_lens import SAE
-
-    import sae_rad_ext  # noqa: F401  (registers our architectures)
-
-    if (path / "cfg.json").is_file():
-        return SAE.load_from_disk(str(path))
-    if (path / "ae.pt").is_file():
-        from sae_rad_ext.publish.release import register_release
-
-        register_release("_sae_rad_export_input", path.parent, [path.name])
-        return SAE.from_pretrained("_sae_rad_export_input", path.name)
-    raise typer.BadParameter(f"{path} holds neither cfg.json (SAELens) nor ae.pt (maira-2-sae format)", param_hint="--sae")
-
-
-def _load_tensor(path: Path):
+def _load_tensor(path: Path) -> torch.Tensor:
+    """The ``[N, d_in]`` activations in ``path`` (.safetensors / .npy / torch.save; a dict's
+    ``activations`` entry, else its first); :class:`BadInputError` naming the file when unreadable."""
     import numpy as np
     import torch
 
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        t = load_file(str(path))
-        return t.get("activations", next(iter(t.values())))
-    if path.suffix == ".npy":
-        return torch.from_numpy(np.load(path))
-    t = torch.load(path, map_location="cpu", weights_only=True)
+            t = load_file(str(path))
+            return t.get("activations", next(iter(t.values())))
+        if path.suffix == ".npy":
+            return torch.from_numpy(np.load(path))
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any reader failure means the file is not what the option needs)
+        raise BadInputError(
+            f"--eval-activations {path}: cannot read activations ({type(e).__name__}: {e}); expected a "
+            ".safetensors, .npy or torch.save file holding an [N, d_in] tensor"
+        ) from e
     if isinstance(t, dict):
         t = t.get("activations", next(iter(t.values())))
     return t
@@ -73,7 +72,7 @@ def export(
     from sae_rad_ext.publish.release import write_release
     from sae_rad_ext.records import InterpretationRun, records_from_sae
 
-    model = _load_sae(sae)
+    model = load_sae_for_command(sae)
     md = model.cfg.metadata
     model_name = model_name or md.get("model_name")
     hook_name = hook_name or md.get("hook_name")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from sae_rad_ext.cli.app import app
+from sae_rad_ext.cli.loaders import load_model_for_command, load_sae_for_command, studies_for_command
 
 _HELP = """Interpret an SAE on a study source: one streaming pass (feature statistics, study-level scores
 at image / last-prompt / generated-report / teacher-forced-report positions, map-vs-mask overlap), concept
@@ -21,64 +20,6 @@ same inputs skips the finished model passes.
 
 --studies: any source `open_studies` reads (MIMIC-CXR-JPG, datasets folder, manifest, DICOM, phantom
 folder) or `phantom:n=200,seed=1,image_size=112` for phantoms generated on the fly."""
-
-
-def _load_sae(path: Path, device: str) -> Any:
-    from sae_lens import SAE
-
-    import sae_rad_ext  # noqa: F401  (registers our architectures)
-
-    if (path / "cfg.json").is_file():
-        return SAE.load_from_disk(str(path), device=device)
-    if (path / "ae.pt").is_file():
-        from sae_rad_ext.publish.release import register_release
-
-        register_release("_sae_rad_interpret_input", path.parent, [path.name])
-        return SAE.from_pretrained("_sae_rad_interpret_input", path.name, device=device)
-    raise typer.BadParameter(
-        f"{path} holds neither cfg.json (SAELens) nor ae.pt (maira-2-sae format)", param_hint="--sae"
-    )
-
-
-def studies_factory(source: str, split: str | None, limit: int | None) -> Callable[[], Iterable[Any]]:
-    """A zero-argument callable yielding the source's studies afresh on each call (two passes)."""
-    if source.startswith("phantom:"):
-        from sae_rad_ext.data.phantom.generator import generate_studies, parse_phantom_source
-
-        try:
-            kw: dict[str, Any] = parse_phantom_source(source)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--studies") from None
-        n = int(kw.pop("n", limit or 200))
-        n = min(n, limit) if limit else n
-        seed = int(kw.pop("seed", 0))
-        return lambda: generate_studies(n, seed, **kw)
-    from sae_rad_ext.data.readers import open_studies
-
-    kw2: dict[str, Any] = {}
-    if limit:
-        kw2["max_studies"] = limit
-    splits = [x.strip() for x in split.split(",") if x.strip()] if split else [None]
-
-    def chained() -> Iterable[Any]:
-        for sp in splits:
-            yield from open_studies(source, **kw2, **({"split": sp} if sp else {}))
-
-    return chained
-
-
-def _load_model(spec: str, device: str) -> Any:
-    from sae_rad_ext.adapters import HookedMaira2
-
-    if spec == "tiny":
-        return HookedMaira2.tiny()
-    p = Path(spec)
-    if not p.is_dir():
-        raise typer.BadParameter(
-            f"--model must be 'tiny' or a MAIRA-2 checkpoint folder; {spec!r} is neither",
-            param_hint="--model",
-        )
-    return HookedMaira2.from_pretrained(str(p), device=device)
 
 
 @app.command("interpret", help=_HELP)
@@ -144,8 +85,8 @@ def interpret_cmd(
             )
         except LLMError as e:
             raise typer.BadParameter(str(e), param_hint="--llm-url") from e
-    sae_model = _load_sae(sae, device)
-    hooked = _load_model(model, device)
+    sae_model = load_sae_for_command(sae, device)
+    hooked = load_model_for_command(model, device)
     cfg = InterpretConfig(
         hook_name=hook_name,
         stats_positions=positions,
@@ -162,7 +103,7 @@ def interpret_cmd(
     res = interpret(
         hooked,
         sae_model,
-        studies_factory(studies, split, max_studies),
+        studies_for_command(studies, split=split, limit=max_studies),
         out,
         cfg,
         llm_client=client,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from sae_rad_ext.cli.app import app
+from sae_rad_ext.cli.loaders import load_model_for_command, studies_for_command
 
 
 def _parse_ints(text: str | None, what: str) -> list[int] | None:
@@ -38,38 +39,6 @@ def _views(text: str) -> dict[str, float]:
             out[key] = float(val)
         except ValueError:
             raise typer.BadParameter(f"--pair-views: expected 'lateral=P,prior=P'; got {text!r}") from None
-    return out
-
-
-def _studies(source: str, limit: int | None, image_size: int) -> list:
-    if source.startswith("phantom:"):
-        from sae_rad_ext.data.phantom.generator import generate_studies, parse_phantom_source
-
-        try:
-            opts = parse_phantom_source(source)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--studies") from None
-        n, seed = opts.pop("n", 200), opts.pop("seed", 0)
-        size = opts.pop("image_size", image_size)
-        lat, prior = opts.pop("lateral_prob", 0.5), opts.pop("prior_prob", 0.3)
-        if opts:
-            raise typer.BadParameter(
-                f"--studies {source!r}: option(s) {sorted(opts)} are not used by sae-rad map; "
-                "expected n, seed, image_size, lateral_prob, prior_prob",
-                param_hint="--studies",
-            )
-        gen = generate_studies(
-            min(n, limit) if limit else n, seed, image_size=size, lateral_prob=lat, prior_prob=prior
-        )
-        return list(gen)
-    from sae_rad_ext.data.readers import open_studies
-
-    studies = open_studies(source, on_error="skip")
-    out = []
-    for s in studies:
-        out.append(s)
-        if limit and len(out) >= limit:
-            break
     return out
 
 
@@ -118,7 +87,6 @@ def map_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from sae_rad_ext.adapters.hooked import HookedMaira2
     from sae_rad_ext.maps.knowledge_maps import TECHNIQUES, MapConfig, build_knowledge_maps
 
     console = Console()
@@ -149,18 +117,12 @@ def map_command(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    if model != "tiny" and not Path(model).exists():
-        raise typer.BadParameter(
-            f"--model {model!r}: no such folder; pass 'tiny' or a MAIRA-2 checkpoint folder"
-        )
     torch.manual_seed(seed)
-    hooked = (
-        HookedMaira2.tiny(seed=seed)
-        if model == "tiny"
-        else HookedMaira2.from_pretrained(model, device=device)
+    hooked = load_model_for_command(model, device, seed=seed)
+    source = studies_for_command(
+        studies, limit=limit, on_error="skip", phantom_defaults={"image_size": int(hooked.cfg.image_size[0])}
     )
-    hooked = hooked.to(device)
-    data = _studies(studies, limit, int(hooked.cfg.image_size[0]))
+    data = list(source())
     console.print(
         f"[bold]sae-rad map[/]: {len(data)} studies, model {hooked.cfg.model_name} "
         f"({hooked.cfg.n_layers} layers), techniques {', '.join(tech)}"

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from sae_rad_ext.cli.app import app
+from sae_rad_ext.cli.loaders import (
+    check_sae_fits_model,
+    load_model_for_command,
+    load_sae_for_command,
+    studies_for_command,
+)
+from sae_rad_ext.errors import BadInputError
 
 _HELP = """Steer generated reports with one SAE feature at several strengths (beside an equal-norm random
 direction) and measure, with the finding labeler, how often the target finding turns on / off and how
@@ -17,41 +23,6 @@ metrics_all_findings.csv, steering.png and sweep.json to --out.
 
 --studies: any source `open_studies` reads (MIMIC-CXR-JPG, datasets folder, manifest, DICOM, phantom
 folder) or `phantom:n=40,seed=1,image_size=128` for phantoms generated on the fly."""
-
-
-def _load_sae(path: Path) -> Any:
-    from sae_lens import SAE
-
-    import sae_rad_ext  # noqa: F401  (registers our architectures)
-
-    if (path / "cfg.json").is_file():
-        return SAE.load_from_disk(str(path))
-    if (path / "ae.pt").is_file():
-        from sae_rad_ext.publish.release import register_release
-
-        register_release("_sae_rad_steer_input", path.parent, [path.name])
-        return SAE.from_pretrained("_sae_rad_steer_input", path.name)
-    raise typer.BadParameter(
-        f"{path} holds neither cfg.json (SAELens) nor ae.pt (maira-2-sae format)", param_hint="--sae"
-    )
-
-
-def _studies(source: str, split: str | None, limit: int) -> list[Any]:
-    if source.startswith("phantom:"):
-        from sae_rad_ext.data.phantom.generator import generate_studies, parse_phantom_source
-
-        try:
-            kw: dict[str, Any] = parse_phantom_source(source)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--studies") from None
-        n = min(int(kw.pop("n", limit)), limit)
-        return list(generate_studies(n, int(kw.pop("seed", 0)), **kw))
-    from sae_rad_ext.data.readers import open_studies
-
-    kw = {"max_studies": limit}
-    if split:
-        kw["split"] = split
-    return list(open_studies(source, **kw))
 
 
 def _coefs(text: str) -> list[float]:
@@ -100,9 +71,10 @@ def steer(
     import torch
     from rich.progress import Progress
 
-    from sae_rad_ext.adapters import HookedMaira2, Maira2Processor
+    from sae_rad_ext.adapters import Maira2Processor
     from sae_rad_ext.data.study import FINDINGS
-    from sae_rad_ext.steering.evaluate import _atomic_write, evaluate_control
+    from sae_rad_ext.steering.evaluate import _atomic_write as atomic_write
+    from sae_rad_ext.steering.evaluate import evaluate_control
     from sae_rad_ext.steering.steer import strength_sweep
 
     if unit not in ("absolute", "max_act"):
@@ -114,25 +86,18 @@ def steer(
             f"unknown finding {finding!r}; expected one of {', '.join(FINDINGS)}", param_hint="--finding"
         )
     coefficients = _coefs(coef)
-    sae = _load_sae(sae_path)
+    sae = load_sae_for_command(sae_path)
     if not 0 <= feature < sae.cfg.d_sae:
         raise typer.BadParameter(
             f"feature {feature} is outside the SAE's 0..{sae.cfg.d_sae - 1}", param_hint="--feature"
         )
-    model = (HookedMaira2.tiny() if model_name == "tiny" else HookedMaira2.from_pretrained(model_name)).to(
-        device
-    )
-    if model.cfg.d_model != sae.cfg.d_in:
-        raise typer.BadParameter(
-            f"the SAE reads d_in={sae.cfg.d_in} but the model's d_model is {model.cfg.d_model}; "
-            "pass the model the SAE was trained on (--model)",
-            param_hint="--model",
-        )
+    model = load_model_for_command(model_name, device)
+    check_sae_fits_model(sae, model, "--model")
     sae = sae.to(device)
     proc = Maira2Processor.from_model_config(model.model.config, model.tokenizer)
-    items = _studies(studies, split, max_studies)
+    items = list(studies_for_command(studies, split=split, limit=max_studies)())
     if not items:
-        raise typer.BadParameter(f"{studies} yielded no studies", param_hint="--studies")
+        raise BadInputError(f"--studies {studies}: the source yielded no studies; check its path and --split")
     n_runs = 1 + sum(1 for c in coefficients if c != 0 or clamp) * (1 if no_random or clamp else 2)
     with Progress() as bar, torch.no_grad():
         task = bar.add_task("generating", total=n_runs * len(items))
@@ -163,7 +128,7 @@ def steer(
                 json.dumps({"study_id": sid, "condition": cond, "coefficient": c, "report": r})
                 for sid, r in zip(sweep.study_ids, reps, strict=True)
             ]
-    _atomic_write(out / "reports.jsonl", "\n".join(lines) + "\n")
+    atomic_write(out / "reports.jsonl", "\n".join(lines) + "\n")
     evals = {f: evaluate_control(sweep, f, goal=goal) for f in FINDINGS}  # type: ignore[arg-type]
     auto = finding is None
     if auto:
@@ -185,7 +150,7 @@ def steer(
             f"{r.parse_rate:.4f}"
             for r in e.rows
         ]
-    _atomic_write(out / "metrics_all_findings.csv", "\n".join(rows) + "\n")
+    atomic_write(out / "metrics_all_findings.csv", "\n".join(rows) + "\n")
     ev.plot(
         out / "steering.png",
         title=f"feature {feature} → {finding}{' (auto)' if auto else ''}, {len(items)} studies",
@@ -201,7 +166,7 @@ def steer(
             "best": ev.best(),
         }
     )
-    _atomic_write(out / "sweep.json", json.dumps(meta, indent=2))
+    atomic_write(out / "sweep.json", json.dumps(meta, indent=2))
     b = ev.best()
     typer.echo(
         f"feature {feature} → {finding}{' (auto-selected)' if auto else ''}: best coef {b.get('coefficient')} "

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sae_rad_ext.errors import BadInputError
+
 OnError = Literal["raise", "skip"]
 
 ERROR_KINDS: dict[str, str] = {
@@ -19,7 +21,7 @@ ERROR_KINDS: dict[str, str] = {
 """Kinds of per-study errors. ``on_error="skip"`` counts them in :attr:`ReadStats.reasons`."""
 
 
-class StudyReadError(ValueError):
+class StudyReadError(BadInputError):
     """One study could not be read. Names the study, the file and what was wrong with it.
 
     With ``on_error="raise"`` readers raise it; with ``on_error="skip"`` they count it in
@@ -44,7 +46,7 @@ class StudyReadError(ValueError):
         return self
 
 
-class SourceError(ValueError):
+class SourceError(BadInputError):
     """The source as a whole is unusable (unknown layout, missing columns, no metadata CSV).
 
     Raised whatever ``on_error`` says: skipping cannot help when every study would fail.

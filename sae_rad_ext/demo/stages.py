@@ -84,7 +84,7 @@ def _publish(ctx: StageContext) -> dict[str, Any]:
     return {
         "dashboard": str(site),
         "release": str(ctx.cfg.out / "release"),
-        "release_sae": str(getattr(rel, "path", rel)),
+        "release_sae": str(rel.folder),
         "n_feature_records": len(run),
     }
 

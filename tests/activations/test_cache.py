@@ -13,6 +13,7 @@ import datasets
 import pytest
 import torch
 import yaml
+from _crash import DRIVER, arm
 from sae_lens import (
     LanguageModelSAERunnerConfig,
     LanguageModelSAETrainingRunner,
@@ -21,7 +22,7 @@ from sae_lens import (
 )
 from typer.testing import CliRunner
 
-from sae_rad_ext.activations.cache import KILL_ENV, cache_activations, load_cache_positions, read_cache_info
+from sae_rad_ext.activations.cache import cache_activations, load_cache_positions, read_cache_info
 from sae_rad_ext.cli.app import app
 
 HOOK = "blocks.1.hook_resid_post"
@@ -102,7 +103,7 @@ def test_format_is_saelens_cached_activations(reference):
     assert not (reference / ".shards").exists()
 
 
-def test_resume_after_crash_gives_identical_rows(tmp_path, reference, monkeypatch):
+def test_resume_after_crash_gives_identical_rows(tmp_path, reference):
     from sae_rad_ext.adapters.hooked import HookedMaira2
 
     from sae_rad_ext.data.phantom.generator import generate_studies
@@ -111,15 +112,26 @@ def test_resume_after_crash_gives_identical_rows(tmp_path, reference, monkeypatc
     kw = dict(context_size=CTX, positions="maira2_sae_paper_with_images", batch_size=2, studies_per_shard=3)
     studies = lambda: generate_studies(N_STUDIES, 7, image_size=112)  # noqa: E731
     out = tmp_path / "c"
-    monkeypatch.setenv(KILL_ENV, "2:raise")  # crash right after the 2nd shard is recorded
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        cache_activations(model, studies, out, HOOK, **kw)
+
+    class Crash(Exception):
+        pass
+
+    def crash() -> None:
+        raise Crash
+
+    def crashing_run(point: str, n: int) -> None:
+        disarm = arm(point, n, crash)
+        try:
+            with pytest.raises(Crash):
+                cache_activations(model, studies, out, HOOK, **kw)
+        finally:
+            disarm()
+
+    crashing_run("recorded", 2)  # crash right after the 2nd shard is recorded
     assert len(json.loads((out / ".shards" / "manifest-rank0.json").read_text())["shards"]) == 2
-    monkeypatch.setenv(KILL_ENV, "1:partial:raise")  # crash while the next shard is half-written
-    with pytest.raises(RuntimeError):
-        cache_activations(model, studies, out, HOOK, **kw)
+    crashing_run("partial", 1)  # crash while the next shard is half-written
     assert (out / ".shards" / "shard_000002.partial").exists()
-    monkeypatch.delenv(KILL_ENV)
+    assert not (out / ".shards" / "shard_000002").exists()
     result = cache_activations(model, studies, out, HOOK, **kw)
     assert result.shards_written == 1  # only the missing shard was redone
     _same_rows(reference, out)
@@ -162,13 +174,20 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, reference):
 
 @pytest.mark.slow
 def test_sigkill_mid_cache_then_rerun(tmp_path, reference):
+    """`sae-rad cache` SIGKILLed after a recorded shard, then mid-shard; the rerun finishes the same cache."""
     cfg = _config(tmp_path, "c3")
-    cmd = [sys.executable, "-m", "sae_rad_ext", "cache", str(cfg), "--quiet"]
-    for spec in ("2", "1:partial"):
+    args = ["cache", str(cfg), "--quiet"]
+    tests = str(Path(__file__).resolve().parents[1])
+    for point, n in (("recorded", 2), ("partial", 1)):
+        driver = DRIVER.format(tests=tests, point=point, n=n)
         res = subprocess.run(
-            cmd, cwd=tmp_path, env=_env(**{KILL_ENV: spec}), capture_output=True, timeout=600
+            [sys.executable, "-c", driver, *args], cwd=tmp_path, env=_env(), capture_output=True, timeout=600
         )
         assert res.returncode == -9, res.stderr[-2000:]
+    shards = tmp_path / "c3" / ".shards"
+    assert len(json.loads((shards / "manifest-rank0.json").read_text())["shards"]) == 2
+    assert (shards / "shard_000002.partial").exists()
+    cmd = [sys.executable, "-m", "sae_rad_ext", *args]
     res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     _same_rows(reference, tmp_path / "c3", exact=False)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +87,25 @@ def test_quick_demo_outputs_load(quick_run):
     res = cached_tiny_maira2(cfg, no_train, cache_dir=out / "cache")
     assert not res.trained and res.path.name == f"tiny-maira2-{cfg.key()}"
     assert TinyModelConfig(**{**info["config"], "lm_epochs": 2.0}).key() != cfg.key()
+
+
+def test_quick_demo_release_sae_is_the_release_folder(quick_run):
+    """summary.json's publish.release_sae is the SAE's folder inside the release (it once held a repr)."""
+    from sae_lens import SAE
+
+    from sae_rad_ext import RadMatryoshkaSAE
+
+    out, s, _ = quick_run
+    pub = s["publish"]
+    folder = Path(pub["release_sae"])
+    assert folder.is_dir(), pub["release_sae"]
+    assert folder.parent == Path(pub["release"]) == out / "run" / "release"
+    for name in ("cfg.json", "sae_weights.safetensors", "release_info.json"):
+        assert (folder / name).is_file(), name
+    loaded = SAE.load_from_disk(str(folder))
+    trained = SAE.load_from_disk(str(out / "run" / "sae"))
+    assert isinstance(loaded, RadMatryoshkaSAE) and loaded.cfg.d_sae == trained.cfg.d_sae
+    assert torch.equal(loaded.W_dec, trained.W_dec)
 
 
 def test_patch_targets_follow_masks():
