@@ -95,6 +95,13 @@ class Maira2Batch:
             out["pixel_values"] = self.pixel_values
         return out
 
+    def model_args(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(input_ids, {"attention_mask", "pixel_values"?})`` for a
+        :class:`~sae_rad_ext.adapters.hooked.HookedMaira2`, whose first argument is positional:
+        ``ids, kw = batch.model_args(); model.run_with_cache(ids, **kw)``."""
+        kw = self.model_inputs()
+        return kw.pop("input_ids"), kw
+
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 

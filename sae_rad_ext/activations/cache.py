@@ -42,12 +42,14 @@ from sae_rad_ext.activations.extract import (
     ActivationBatch,
     RoleNormStats,
     activations_from_batch,
-    batched,
     default_processor,
 )
 from sae_rad_ext.activations.extract import describe_positions as _describe
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.study import Study
+from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.files import write_json
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = [
     "CACHE_INFO_FILENAME",
@@ -90,12 +92,6 @@ def _batch_columns(out: ActivationBatch, first_study: int) -> dict[str, Any]:
         "patch_row": out.patch_row.to(torch.int16),
         "patch_col": out.patch_col.to(torch.int16),
     }
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _read_manifests(shard_dir: Path) -> dict[int, dict[str, Any]]:
@@ -152,13 +148,13 @@ def cache_activations(
     model_name: str | None = None,
     data_description: str | None = None,
     keep_shards: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CacheResult:
     """Cache ``hook_name`` activations of the selected positions of every study into ``out_dir``.
 
     Reruns resume (completed shards are skipped). Under ``torchrun`` each rank calls this with the same
-    arguments; ranks write disjoint shards and rank 0 merges. ``progress(n_studies, n_positions)`` is
-    called after each model batch this process runs.
+    arguments; ranks write disjoint shards and rank 0 merges. ``progress`` gets two events after
+    each model batch this process runs: stages ``"studies"`` and ``"positions"`` (cumulative, this process).
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(
@@ -194,6 +190,7 @@ def cache_activations(
         processor = processor if processor is not None else default_processor(model)
         factory = studies if callable(studies) else (lambda: studies)
         written, n_studies, d_in = 0, 0, None
+        tick_studies, tick_positions = Ticker(progress, "studies"), Ticker(progress, "positions")
         for k, group in groupby(enumerate(factory()), key=lambda p: p[0] // studies_per_shard):
             chunk = [s for _, s in group]
             n_studies = k * studies_per_shard + len(chunk)
@@ -206,8 +203,8 @@ def cache_activations(
                 act = activations_from_batch(model, b, hook_name, positions)
                 stats.update_batch(act)
                 cols.append(_batch_columns(act, first + j * batch_size))
-                if progress is not None:
-                    progress(len(sub), len(act))
+                tick_studies(len(sub))
+                tick_positions(len(act))
             c = cat_columns(cols, d_in or 0)
             d_in = int(c["acts"].shape[1]) if c["acts"].numel() else d_in
             n_full = c["acts"].shape[0] // context_size
@@ -233,7 +230,7 @@ def cache_activations(
                     "norms": stats.state(),
                 }
             )
-            _atomic_json(manifest_path, {"shards": sorted(own, key=lambda e: e["shard"])})
+            write_json(manifest_path, {"shards": sorted(own, key=lambda e: e["shard"])}, indent=1)
             written += 1
         (shard_dir / f"done-rank{rank}.json").write_text(json.dumps({"n_studies": n_studies}))
         _barrier(world)
@@ -343,7 +340,7 @@ def _merge(
         "role_norms": stats.to_dict(),
         "role_norm_state": stats.state(),
     }
-    _atomic_json(out / CACHE_INFO_FILENAME, info)
+    write_json(out / CACHE_INFO_FILENAME, info, indent=1)
     if not keep_shards:
         shutil.rmtree(shard_dir)
     return CacheResult(

@@ -13,7 +13,6 @@ by image slot). Image and text norms differ a lot; the numbers are reported by `
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
 from sae_rad_ext.adapters.roles import ImageSlot, Role, Selection, TokenRoles
 from sae_rad_ext.data.study import Study
+from sae_rad_ext.util.batching import batched
 
 __all__ = [
     "ActivationBatch",
@@ -283,14 +283,6 @@ def activations_from_batch(
         patch_col=r.patch_col[b_cpu, t_cpu].to(torch.int16),
         token_id=batch.input_ids.cpu()[b_cpu, t_cpu].long(),
     )
-
-
-def batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    if n < 1:
-        raise ValueError(f"batch_size must be >= 1; got {n}")
-    it = iter(items)
-    while chunk := list(itertools.islice(it, n)):
-        yield chunk
 
 
 def iter_activations(

@@ -25,12 +25,13 @@ from safetensors.torch import load_file
 from sae_rad_ext.activations.extract import (
     RoleNormStats,
     activations_from_batch,
-    batched,
     default_processor,
     model_device,
 )
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.study import Study
+from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.progress import ProgressCallback, ProgressEvent
 
 __all__ = ["EVAL_MASK_TOKEN", "StudyActivationsStore", "StudySource", "study_factory"]
 
@@ -136,8 +137,10 @@ class StudyActivationsStore(ActivationsStore):
         self._train_iter: Iterator[list[Study]] | None = None
         self._eval_iter: Iterator[list[Study]] | None = None
         self._eval_batches: dict[int, Any] = {}
-        self.on_progress: Callable[[str, int], None] | None = None
-        """Optional callback: ``("llm", n_positions)`` per model batch, ``("train", n)`` per batch served."""
+        self.on_progress: ProgressCallback | None = None
+        """Optional progress callback: stage ``"llm"`` counts positions the model produced, ``"train"``
+        activations served to the trainer (both cumulative, no totals)."""
+        self._served = {"llm": 0, "train": 0}
         self.cached_activation_dataset = self.load_cached_activation_dataset()
 
     # ---- construction from a runner config ---------------------------------------------------
@@ -218,15 +221,13 @@ class StudyActivationsStore(ActivationsStore):
         """``(acts [n_selected, d_in], token_ids [n_selected])`` of the next ``store_batch_size_prompts`` studies."""
         if self.cached_activation_dataset is not None:
             acts, tokens = self._load_raw_llm_batch_from_cached(raise_on_epoch_end)
-            if self.on_progress is not None:
-                self.on_progress("llm", int(acts.shape[0]))
+            self._report("llm", int(acts.shape[0]))
             return acts, tokens
         chunk = self._next_train_chunk(raise_on_epoch_end)
         out = self._activations(chunk)
         self.n_dataset_processed += len(chunk)
         self.norm_stats.update_batch(out)
-        if self.on_progress is not None:
-            self.on_progress("llm", len(out))
+        self._report("llm", len(out))
         if out.acts.shape[-1] != self.d_in:
             raise ValueError(
                 f"hook {self.hook_name!r} has width {out.acts.shape[-1]} but the SAE's d_in is {self.d_in}"
@@ -235,9 +236,13 @@ class StudyActivationsStore(ActivationsStore):
 
     def __next__(self) -> torch.Tensor:
         batch = super().__next__()
-        if self.on_progress is not None:
-            self.on_progress("train", int(batch.shape[0]))
+        self._report("train", int(batch.shape[0]))
         return batch
+
+    def _report(self, stage: str, n: int) -> None:
+        self._served[stage] += n
+        if self.on_progress is not None:
+            self.on_progress(ProgressEvent(stage, self._served[stage]))
 
     # ---- eval stream (SAELens's run_evals calls get_batch_tokens, then the model) -------------
     def get_batch_tokens(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import typer
 from sae_rad_ext.cli.app import app
 from sae_rad_ext.errors import BadInputError, SaeRadError
 from sae_rad_ext.training.run_config import config_template, help_text
+from sae_rad_ext.util.progress import RichProgress, sae_lens_tqdm
 
 _CACHE_HELP = (
     "Cache hook activations of image+text studies in SAELens's cached-activations format (resumable "
@@ -48,67 +48,6 @@ _TEMPLATE_OPT = typer.Option(
     is_eager=True,
     help="Print a commented YAML config with every field (defaults and examples) and exit.",
 )
-
-
-class _Progress:
-    """Rich progress bars: model positions (tokens/s) and, when training, tokens served to the trainer."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.enabled = enabled
-        self.start = time.monotonic()
-        self.counts: dict[str, int] = {}
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            disable=not enabled,
-            transient=False,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def add(self, key: str, description: str, total: int | None, unit: str) -> None:
-        self.tasks[key] = (self.progress.add_task(description, total=total, rate="", unit=unit), unit)
-        self.counts[key] = 0
-
-    def advance(self, key: str, n: int, rate_of: int | None = None) -> None:
-        task, unit = self.tasks[key]
-        self.counts[key] += n
-        dt = max(time.monotonic() - self.start, 1e-9)
-        rate = (rate_of if rate_of is not None else self.counts[key]) / dt
-        self.progress.update(task, advance=n, rate=f"{rate:,.0f} {unit}/s")
-
-    def __enter__(self) -> _Progress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-
-@contextlib.contextmanager
-def _quiet_sae_lens_tqdm(quiet: bool) -> Iterator[None]:
-    """SAELens's trainer draws its own tqdm bar; hide it while the rich bars run."""
-    if not quiet:
-        yield
-        return
-    import functools
-
-    import sae_lens.training.activation_scaler as scaler_mod
-    import sae_lens.training.sae_trainer as trainer_mod
-
-    mods = (trainer_mod, scaler_mod)
-    old = [m.tqdm for m in mods]
-    for m, t in zip(mods, old, strict=True):
-        m.tqdm = functools.partial(t, disable=True)
-    try:
-        yield
-    finally:
-        for m, t in zip(mods, old, strict=True):
-            m.tqdm = t
 
 
 def _print_norms(title: str, norms: dict[str, Any]) -> None:
@@ -171,13 +110,9 @@ def cache(
         studies, description, n_studies = build_studies(cfg["data"])
     hook = r.get("hook_name") or f"blocks.{min(15, model.cfg.n_layers - 1)}.hook_resid_post"
     rank = int(os.environ.get("RANK", "0"))
-    with _Progress(enabled=not quiet and rank == 0) as bar:
-        bar.add("studies", "studies (this rank)", n_studies, "studies")
-        bar.add("tokens", "positions (this rank)", None, "tok")
-
-        def progress(n_st: int, n_tok: int) -> None:
-            bar.advance("studies", n_st)
-            bar.advance("tokens", n_tok)
+    with RichProgress(enabled=not quiet and rank == 0) as bar:
+        bar.add("studies", "studies (this rank)", n_studies, unit="studies")
+        bar.add("positions", "positions (this rank)", None, unit="tok")
 
         result = cache_activations(
             model,
@@ -194,7 +129,7 @@ def cache(
             model_name=model.cfg.model_name,
             data_description=description,
             keep_shards=bool(c["keep_shards"]),
-            progress=progress,
+            progress=bar,
         )
     if rank == 0:
         typer.echo(
@@ -270,15 +205,12 @@ def train(
         optimizer=optimizer,
     )
     runner.activations_store.task = cfg["positions"]["task"]
-    with _Progress(enabled=not quiet) as bar, _quiet_sae_lens_tqdm(not quiet):
-        bar.add("llm", "model → activations", None, "tok")
-        bar.add("train", "SAE training tokens", run_cfg.training_tokens, "tok")
-        if run_cfg.resume_from_checkpoint and Path(run_cfg.resume_from_checkpoint).name.isdigit():
-            bar.advance(
-                "train", int(Path(run_cfg.resume_from_checkpoint).name), rate_of=0
-            )  # samples already trained
-            bar.counts["train"] = 0
-        runner.activations_store.on_progress = lambda kind, n: bar.advance(kind, n)
+    resumed = run_cfg.resume_from_checkpoint
+    already = int(Path(resumed).name) if resumed and Path(resumed).name.isdigit() else 0  # samples trained
+    with RichProgress(enabled=not quiet) as bar, sae_lens_tqdm(None):  # SAELens's own bars: silenced
+        bar.add("llm", "model → activations", None, unit="tok")
+        bar.add("train", "SAE training tokens", run_cfg.training_tokens, unit="tok", completed=already)
+        runner.activations_store.on_progress = bar
         sae = runner.run()
     md = sae.cfg.metadata
     typer.echo(

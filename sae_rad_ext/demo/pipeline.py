@@ -33,6 +33,7 @@ import torch
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.demo.sae import evaluate_demo_sae, train_demo_sae
 from sae_rad_ext.demo.tiny_training import TinyModelConfig
+from sae_rad_ext.util.files import write_json, write_jsonl
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -254,20 +255,18 @@ def _reports(cfg: DemoConfig, ui: _Ui, model: Any, proc: Any, test: list[Study])
     texts = generate_reports(model, proc, studies, max_new_tokens=cfg.max_new_tokens, tick=tick)
     ev = evaluate_reports(texts, studies)
     path = cfg.out / "reports" / "generated_test_reports.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        for s, t in zip(studies, texts, strict=True):
-            fh.write(
-                json.dumps(
-                    {
-                        "study_id": s.study_id,
-                        "generated": t,
-                        "reference": s.report,
-                        "planted": {k: s.labels.get(k) for k in FINDINGS},
-                    }
-                )
-                + "\n"
-            )
+    write_jsonl(
+        path,
+        (
+            {
+                "study_id": s.study_id,
+                "generated": t,
+                "reference": s.report,
+                "planted": {k: s.labels.get(k) for k in FINDINGS},
+            }
+            for s, t in zip(studies, texts, strict=True)
+        ),
+    )
     return {**ev.to_dict(), "file": str(path)}
 
 
@@ -295,17 +294,6 @@ def _layers(
         k=cfg.k,
         tick=lambda: tick(1),
     )
-
-
-def _finite(o: Any) -> Any:
-    """NaN/inf → None so ``summary.json`` is strict JSON."""
-    if isinstance(o, float):
-        return o if np.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 def run_demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
@@ -358,8 +346,6 @@ def run_demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
         demo_stages.run_later_stages(ctx)
     summary["timings_s"] = {**ui.timings, "total": round(time.perf_counter() - t0, 2)}
     summary["skipped_stages"] = ui.skipped
-    tmp = cfg.out / "summary.json.tmp"
-    tmp.write_text(json.dumps(_finite(summary), indent=1, default=str, allow_nan=False))
-    os.replace(tmp, cfg.out / "summary.json")
+    write_json(cfg.out / "summary.json", summary, indent=1, default=str)
     demo_stages.print_summary(summary, ui.console)
     return summary

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from sae_rad_ext.data.study import Study
+from sae_rad_ext.util.progress import ProgressEvent
 
 __all__ = ["demo_runner_config", "evaluate_demo_sae", "train_demo_sae"]
 
@@ -82,7 +83,14 @@ def train_demo_sae(
         data_description=f"phantom:n={cfg.n_studies},seed={cfg.seed},split=train",
     )
     tick = ui.bar(f"SAE blocks.{layer} (SAELens runner)", cfg.sae_training_tokens)
-    runner.activations_store.on_progress = lambda kind, n: tick(n) if kind == "train" else None
+    served = [0]
+
+    def on_progress(e: ProgressEvent) -> None:
+        if e.stage == "train":
+            tick(e.done - served[0])
+            served[0] = e.done
+
+    runner.activations_store.on_progress = on_progress
     torch.manual_seed(cfg.seed)
     runner.run()
     return out

@@ -18,6 +18,7 @@ from sae_rad_ext.records import (
     QuantileGroup,
     records_from_sae,
 )
+from sae_rad_ext.util.files import atomic_open
 
 __all__ = ["build_records", "features_table", "quantile_groups"]
 
@@ -126,7 +127,6 @@ def build_records(
 def features_table(path: str | Path, run: InterpretationRun, conf: dict[int, Confidence]) -> Path:
     """``features.csv``: one row per explained feature — explanation, scores, best concept, F1, AUROC, IoU."""
     path = Path(path)
-    tmp = path.with_suffix(".csv.tmp")
     score_keys = sorted({k for r in run.records for e in r.explanations for k in e.scores})
     cols = [
         "feature",
@@ -141,7 +141,7 @@ def features_table(path: str | Path, run: InterpretationRun, conf: dict[int, Con
         "concept_iou",
         "recsae_confidence",
     ]
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
         for r in run.records:
@@ -164,7 +164,6 @@ def features_table(path: str | Path, run: InterpretationRun, conf: dict[int, Con
                     _fmt(cf.confidence if cf else None),
                 ]
             )
-    tmp.replace(path)
     return path
 
 

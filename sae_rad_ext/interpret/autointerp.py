@@ -8,10 +8,8 @@ and the same scorer given a shuffled (another feature's) explanation; it writes 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +23,7 @@ from sae_rad_ext.interpret.score import (
     shuffled,
 )
 from sae_rad_ext.records import Explanation
+from sae_rad_ext.util.files import atomic_write_text, to_json
 
 __all__ = ["explain_and_score", "summary"]
 
@@ -105,11 +104,11 @@ def explain_and_score(
                 if metric in m and not math.isnan(m[metric]):
                     e.scores[f"{name}_{metric}"] = round(m[metric], 4)
         safe_hook = hook.replace("/", "_")
-        _write_text(out / "explanations" / f"{safe_hook}_latent{f}.txt", json.dumps(e.text))
+        atomic_write_text(out / "explanations" / f"{safe_hook}_latent{f}.txt", to_json(e.text))
         for name in {n.removesuffix("_shuffled") for n in sc}:
-            _write_text(
+            atomic_write_text(
                 out / "scores" / name / f"{safe_hook}_latent{f}.txt",
-                json.dumps(
+                to_json(
                     {
                         "explanation": e.text,
                         "metrics": sc[name],
@@ -145,8 +144,3 @@ def summary(best, best_by_kind, scores, expl, conf, stats) -> dict[str, Any]:
     }
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -26,6 +26,7 @@ import torch
 from sae_rad_ext.evaluation.metrics import auroc, best_f1_threshold, binary_metrics
 from sae_rad_ext.interpret.scan import KINDS, LEAKS, MapOverlap
 from sae_rad_ext.interpret.score_store import ScoreStore
+from sae_rad_ext.util.files import atomic_open
 
 __all__ = ["AlignmentRow", "AlignmentTable", "align_concepts", "best_feature_per_concept"]
 
@@ -106,21 +107,19 @@ class AlignmentTable:
         concept) and ``features_best_concept.csv`` (best concept per feature)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "alignment.jsonl.tmp", "w") as f:
+        with atomic_open(folder / "alignment.jsonl") as f:  # NaN kept: load() reads it back into floats
             for r in self.rows:
                 f.write(json.dumps(asdict(r)) + "\n")
-        (folder / "alignment.jsonl.tmp").replace(folder / "alignment.jsonl")
         for name, rows in (
             ("alignment.csv", self.rows),
             ("concepts_ranked.csv", self.concept_ranking()),
             ("features_best_concept.csv", self.feature_ranking()),
         ):
-            with open(folder / f"{name}.tmp", "w", newline="") as f:
+            with atomic_open(folder / name, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(AlignmentRow.__dataclass_fields__))
                 w.writeheader()
                 for r in rows:
                     w.writerow(asdict(r))
-            (folder / f"{name}.tmp").replace(folder / name)
 
     @classmethod
     def load(cls, folder: str | Path) -> AlignmentTable:

@@ -11,6 +11,7 @@ patch grid of the peak's image (or the frontal image), the model's view of the r
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,11 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae_rad_ext.activations.extract import activations_from_batch, batched, default_processor
+from sae_rad_ext.activations.extract import activations_from_batch, default_processor
 from sae_rad_ext.adapters.roles import ImageSlot, Role
 from sae_rad_ext.data.study import Study
 from sae_rad_ext.interpret.scan import encode
 from sae_rad_ext.records import FeatureExample
+from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.files import atomic_write_bytes
 
 __all__ = ["collect_examples", "region_words"]
 
@@ -64,10 +67,9 @@ def _model_view_png(processor: Any, image: Any, path: Path, max_side: int = 224)
     im = Image.fromarray((x * 255).astype(np.uint8), "L")
     if im.size[0] > max_side:
         im = im.resize((max_side, max_side), Image.BILINEAR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    im.save(tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _token_strings(tokenizer: Any, ids: list[int]) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from sae_rad_ext.activations.extract import role_group_names
+from sae_rad_ext.util.files import atomic_write_bytes, write_json
 
 __all__ = ["FeatureStats", "FeatureStatsAccumulator", "log_bin_edges"]
 
@@ -153,17 +154,13 @@ class FeatureStats:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``stats.safetensors`` and ``stats.json`` (group names, study ids) atomically."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: getattr(self, k).contiguous() for k in self._TENSORS if getattr(self, k) is not None}
-        tmp = folder / "stats.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(folder / "stats.safetensors")
-        tmpj = folder / "stats.json.tmp"
-        tmpj.write_text(json.dumps({"group_names": self.group_names, "study_ids": self.study_ids}))
-        tmpj.replace(folder / "stats.json")
+        atomic_write_bytes(folder / "stats.safetensors", save(tensors))
+        write_json(folder / "stats.json", {"group_names": self.group_names, "study_ids": self.study_ids}, indent=None)
         return folder
 
     @classmethod

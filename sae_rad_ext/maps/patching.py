@@ -29,12 +29,12 @@ import torch
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.maps.common import (
     Tick,
-    batched,
     check_layers,
     model_inputs,
     report_loglik,
     resid_hook,
 )
+from sae_rad_ext.util.batching import batched
 
 __all__ = ["PATCH_ROLES", "PatchResult", "patch_hook", "patch_maps", "phantom_pairs", "preference"]
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from sae_rad_ext.data.study import FINDINGS
 from sae_rad_ext.maps.common import layer_label
+from sae_rad_ext.util.files import save_figure as atomic_save_figure
 
 __all__ = ["plot_lesion", "plot_patching", "plot_probes", "plot_saliency", "save_figure"]
 
@@ -24,16 +25,9 @@ def _plt() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 90) -> Path:
-    """Save ``fig`` to ``path`` through a temporary name (never a half-written PNG) and close it."""
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    """``tight_layout``, then save ``fig`` to ``path`` atomically (never a half-written PNG) and close it."""
+    _plt()
+    return atomic_save_figure(fig, path, dpi=dpi, tight_layout=True)
 
 
 def plot_probes(probes: dict[str, Any], path: str | Path, metric: str = "auroc") -> Path:
@@ -107,12 +101,7 @@ def plot_patching(patch: dict[str, Any], path: str | Path) -> Path:
     fig.suptitle(
         "Activation patching: share of the finding's effect carried at (layer, positions)", fontsize=10
     )
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path, dpi=90)
 
 
 def _isnan(v: Any) -> bool:

@@ -24,7 +24,8 @@ import torch
 from sae_rad_ext.adapters.roles import Role
 from sae_rad_ext.data.labels import label_sentences
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.maps.common import Tick, batched, model_inputs
+from sae_rad_ext.maps.common import Tick, model_inputs
+from sae_rad_ext.util.batching import batched
 
 __all__ = ["MODULES", "SaliencyResult", "finding_token_mask", "gradient_saliency", "module_of"]
 

@@ -16,6 +16,7 @@ import numpy as np
 from sae_rad_ext.data.study import FINDINGS
 from sae_rad_ext.maps.common import layer_label
 from sae_rad_ext.maps.probes import PooledActivations
+from sae_rad_ext.util.files import save_figure
 
 __all__ = ["UmapProjection", "plot_umap", "umap_projections"]
 
@@ -105,10 +106,4 @@ def plot_umap(proj: UmapProjection, pooled: PooledActivations, targets: np.ndarr
         ax.set_yticks([])
         ax.legend(fontsize=7, markerscale=1.5, loc="best")
     fig.suptitle(f"UMAP of {proj.pool} activations at layer {layer_label(proj.layer)}")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=90, tight_layout=True)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sae_rad_ext.records import FeatureExample, FeatureRecord, InterpretationRun
+from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.files import atomic_write_bytes
 
 MAX_FEATURES_PER_BATCH = 128
 """Neuronpedia's (and the ``neuronpedia`` package's) limit per uploaded batch."""
@@ -191,7 +193,7 @@ def _is_skipped(r: FeatureRecord, s: NeuronpediaSettings) -> bool:
 def _batches(items: list[Any], n: int) -> list[list[Any]]:
     if not 1 <= n <= MAX_FEATURES_PER_BATCH:
         raise ValueError(f"features_per_batch must be in 1..{MAX_FEATURES_PER_BATCH}; got {n}")
-    return [items[i : i + n] for i in range(0, len(items), n)]
+    return list(batched(items, n))
 
 
 def _dump(obj: Any) -> str:
@@ -265,9 +267,8 @@ def _cuid(*parts: Any) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]], gz: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(_dump(r) + "\n" for r in rows).encode()
-    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    atomic_write_bytes(path, gzip.compress(data, mtime=0) if gz else data)
 
 
 def write_bulk_export(

@@ -16,9 +16,6 @@ callable), binarised with uncertain = positive.
 from __future__ import annotations
 
 import csv
-import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ import torch
 from sae_rad_ext.data.labels import binarize, label_report, split_sentences
 from sae_rad_ext.data.study import FINDINGS
 from sae_rad_ext.steering.steer import SweepResult
+from sae_rad_ext.util.files import atomic_write, atomic_write_bytes, atomic_write_text, write_json
 
 __all__ = ["ControlEval", "ControlRow", "evaluate_control", "report_parses", "report_token_loss"]
 
@@ -61,7 +59,8 @@ def report_token_loss(
     for i in range(0, len(studies), batch_size):
         chunk, reps = list(studies[i : i + batch_size]), list(reports[i : i + batch_size])
         batch = processor.build(chunk, reports=reps).to(model.cfg.device)
-        logits = model(batch.input_ids, pixel_values=batch.pixel_values, attention_mask=batch.attention_mask)
+        ids, kw = batch.model_args()
+        logits = model(ids, **kw)
         labels = batch.labels[:, 1:]
         logp = torch.log_softmax(logits[:, :-1].float(), -1)
         keep = labels != -100
@@ -145,7 +144,7 @@ class ControlEval:
         """``<stem>.json`` (everything) and ``<stem>.csv`` (one row per condition × coefficient)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        js = _atomic_write(out / f"{stem}.json", json.dumps(self.to_dict(), indent=2))
+        js = write_json(out / f"{stem}.json", self.to_dict(), indent=2)
         names = list(asdict(self.rows[0]).keys()) if self.rows else []
         lines: list[str] = []
 
@@ -157,7 +156,7 @@ class ControlEval:
         w.writeheader()
         for r in self.rows:
             w.writerow({"feature": self.feature, "finding": self.finding, **asdict(r)})
-        return js, _atomic_write(out / f"{stem}.csv", "".join(lines))
+        return js, atomic_write_text(out / f"{stem}.csv", "".join(lines))
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """PNG of the target rate vs coefficient (feature vs random) with off-target rates dashed."""
@@ -202,16 +201,10 @@ class ControlEval:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
-        return _atomic_write(Path(path), buf.getvalue())
+        return atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def _atomic_write(path: Path, data: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-    return path
+_atomic_write = atomic_write  # cli/steer.py still imports this name; it can use util.files.atomic_write
 
 
 def _labels(texts: Sequence[str], labeler: Labeler, keys: Sequence[str]) -> list[dict[str, int]]:

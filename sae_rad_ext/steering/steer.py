@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 import torch
 
+from sae_rad_ext.adapters.generation import generate_reports
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.steering.interventions import Intervention, SaeView, intervention_hooks, sae_hook_name
+from sae_rad_ext.util.batching import batched
 
 __all__ = [
     "Intervention",
@@ -42,17 +44,11 @@ class SteeredReports:
 
     study_ids: list[str]
     reports: list[str]
-    """Decoded FINDINGS text (up to the first EOS; special tokens stripped)."""
+    """Decoded text by the end-of-report rule of :mod:`sae_rad_ext.adapters.generation`."""
     token_ids: list[list[int]]
     """New token ids per study, up to (not including) the first EOS."""
     seconds: float = 0.0
     """Wall time spent in ``generate``."""
-
-
-def _chunks(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:
-    if n < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {n}")
-    return [seq[i : i + n] for i in range(0, len(seq), n)]
 
 
 @torch.no_grad()
@@ -88,10 +84,10 @@ def steered_generate(
             f"a per-position intervention value needs all {len(studies)} studies in one batch; "
             f"set batch_size ≥ {len(studies)}"
         )
-    eos = processor.eos_token_id
     ids_out: list[list[int]] = []
+    reports: list[str] = []
     secs = 0.0
-    for chunk in _chunks(studies, batch_size):
+    for chunk in batched(studies, batch_size):
         batch = processor.build(list(chunk), task, with_report=False).to(model.cfg.device)
         T = batch.input_ids.shape[1]
         hooks = (
@@ -100,27 +96,14 @@ def steered_generate(
             else []
         )
         t0 = time.perf_counter()
-        out = model.generate(
-            batch.input_ids,
-            pixel_values=batch.pixel_values,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            fwd_hooks=hooks,
-            **generate_kwargs,
+        gen = generate_reports(
+            model, processor, batch, max_new_tokens=max_new_tokens, fwd_hooks=hooks, **generate_kwargs
         )
         secs += time.perf_counter() - t0
-        for row in out[:, T:].tolist():
-            ids_out.append(row[: row.index(eos)] if eos is not None and eos in row else row)
+        ids_out += gen.token_ids
+        reports += gen.texts
         if tick:
             tick(len(chunk))
-    tok = processor.tokenizer
-    drop = {processor.pad_token_id, processor.image_token_id, processor.bos_token_id}
-    reports = [
-        tok.decode(
-            [t for t in r if t not in drop], skip_special_tokens=True, clean_up_tokenization_spaces=False
-        ).strip()
-        for r in ids_out
-    ]
     return SteeredReports(
         [str(getattr(s, "study_id", i)) for i, s in enumerate(studies)], reports, ids_out, secs
     )
@@ -167,14 +150,14 @@ def study_feature_activations(
     layer = _stop_layer(hook)
     rows = []
     studies = list(studies)
-    for i, chunk in enumerate(_chunks(studies, batch_size)):
+    for i, chunk in enumerate(batched(studies, batch_size)):
         rep = None if reports is None else list(reports[i * batch_size : i * batch_size + len(chunk)])
         batch = processor.build(list(chunk), with_report=with_report or rep is not None, reports=rep)
         batch = batch.to(model.cfg.device)
+        ids, kw = batch.model_args()
         _, cache = model.run_with_cache(
-            batch.input_ids,
-            pixel_values=batch.pixel_values,
-            attention_mask=batch.attention_mask,
+            ids,
+            **kw,
             names_filter=[hook],
             stop_at_layer=layer,
         )

@@ -27,9 +27,10 @@ from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner, LLMSaeEvaluator
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 
-from sae_rad_ext.activations.extract import RoleNormStats, batched, describe_positions, model_device
+from sae_rad_ext.activations.extract import RoleNormStats, describe_positions, model_device
 from sae_rad_ext.activations.store import EVAL_MASK_TOKEN, StudyActivationsStore, StudySource
 from sae_rad_ext.adapters.roles import Selection
+from sae_rad_ext.util.batching import batched
 
 __all__ = [
     "EVAL_MASK_TOKEN",
