@@ -73,9 +73,9 @@ def steer(
 
     from sae_rad_ext.adapters import Maira2Processor
     from sae_rad_ext.data.study import FINDINGS
-    from sae_rad_ext.steering.evaluate import _atomic_write as atomic_write
     from sae_rad_ext.steering.evaluate import evaluate_control
     from sae_rad_ext.steering.steer import strength_sweep
+    from sae_rad_ext.util.files import atomic_write
 
     if unit not in ("absolute", "max_act"):
         raise typer.BadParameter(f"--unit must be absolute or max_act, got {unit!r}", param_hint="--unit")
