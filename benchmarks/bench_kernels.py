@@ -1,30 +1,31 @@
 """Sparse-kernel benchmarks, side by side in ONE process on the same inputs.
 
     python benchmarks/bench_kernels.py                 # d_in=4096, d_sae=16384, k=64, N=256 and 1024
-    python benchmarks/bench_kernels.py --quick         # tiny shapes (smoke test)
+    python benchmarks/bench_kernels.py --quick --out /tmp/results_kernels.json   # tiny shapes (smoke test)
 
-Compared, per N (fp32, CPU unless CUDA is available and --device cuda):
-* decode forward: dense ``feature_acts @ W_dec`` (acts ``[N, d_sae]``), SAELens ``TopKTrainingSAE.decode``
-  (dense acts, and ``use_sparse_activations=True``: COO acts → ``torch.sparse.mm``), ``F.embedding_bag``
-  (mode="sum", per_sample_weights) as the bandwidth reference, ours ``sparse_decode``;
-* decode forward+backward (grads for W_dec, b_dec and the activations/values), same four + ours with
-  ``reuse_grad_buffer=False`` (a fresh gradient allocation every step);
+Compared, per N (fp32, CPU unless ``--device cuda``):
+
+* decode forward: dense ``feature_acts @ W_dec`` (acts ``[N, d_sae]``); SAELens ``TopKTrainingSAE.decode``
+  on dense acts and, with ``use_sparse_activations=True``, on COO acts (``torch.sparse.mm``: SAELens's own
+  sparse path, which only its TopK architecture honours); ``F.embedding_bag`` (mode="sum",
+  per_sample_weights) as the bandwidth reference; ours ``sparse_decode``;
+* decode forward+backward (grads for W_dec, b_dec and the activations/values), the same, with ours both
+  with and without ``reuse_grad_buffer`` (keeping the dense ``W_dec`` gradient buffer between calls);
 * Matryoshka all-levels decode: SAELens ``matryoshka_batchtopk``'s ``_iterable_decode`` over every level
-  (dense and sparse acts) vs ours ``matryoshka_decode``; and the summed per-level loss forward+backward,
-  SAELens's formula vs ours ``matryoshka_losses``.
+  (dense acts; with COO acts it is attempted and its error recorded: BatchTopK/Matryoshka produce dense
+  codes and slicing a COO tensor is not supported) vs ours ``matryoshka_decode``; and the summed
+  per-level loss forward+backward, SAELens's formula vs ours ``matryoshka_losses``.
 
-Median of ``--repeats`` runs (fewer for the slow dense baselines). Peak memory = peak resident set size
-above the pre-call level (``/proc/self/clear_refs`` + ``VmHWM``, Linux), measured in a separate call.
-Results go to ``benchmarks/results_kernels.json`` and a table with ratios is printed.
+SAELens SAEs run with ``rescale_acts_by_decoder_norm=False`` (ours has no rescale here either). Per
+variant: median, min, max over ``--repeats`` calls (``--slow-repeats`` for the dense baselines) after a
+warm-up, median user/system CPU time, and the peak resident memory above the pre-call level (Linux
+``VmHWM``) in one extra call. ``TABLES`` pairs each of ours with each baseline, like for like first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
 import time
 import warnings
@@ -32,6 +33,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import (
+    command_line,
+    environment,
+    finish_environment,
+    peak_rss_delta_mib,
+    reset_peak_rss,
+    summarize,
+    timed,
+)
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,48 +49,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sae_rad_ext.kernels import matryoshka_decode, matryoshka_losses, sparse_decode  # noqa: E402
 
 
-def _rss_kb(field: str) -> int | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def bench(fn, repeats: int, sync) -> dict:
+    """Warm-up call, then ``repeats`` timed calls; summary in milliseconds (see ``summarize``)."""
+    fn()
+    sync()
+    wall, user, sys_ = [], [], []
+    for _ in range(repeats):
+        w, u, s = timed(fn, sync)
+        wall.append(w)
+        user.append(u)
+        sys_.append(s)
+    return summarize(wall, user, sys_, scale=1e3)
 
 
 def peak_mb(fn) -> float | None:
-    """Peak extra resident memory (MiB) while running ``fn`` once."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return None
-    base = _rss_kb("VmRSS:")
+    """Peak extra resident memory (MiB) while running ``fn`` once (Linux; ``None`` elsewhere)."""
+    base = reset_peak_rss()
     fn()
-    hwm = _rss_kb("VmHWM:")
-    if base is None or hwm is None:
-        return None
-    return round((hwm - base) / 1024, 1)
-
-
-def bench(fn, repeats: int, sync) -> float:
-    fn()  # warm-up
-    sync()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+    return peak_rss_delta_mib(base)
 
 
 def make_saelens(d_in, d_sae, k, sparse, widths=None, device="cpu"):
@@ -128,17 +114,19 @@ def run(N, d_in, d_sae, k, widths, repeats, slow_repeats, device, log):
     Wp = W.clone().requires_grad_(True)
     bp = b.clone().requires_grad_(True)
 
-    res: dict[str, dict] = {}
+    res: dict[str, dict] = {}  # "section/variant" -> timing summary
 
     def record(section, name, fn, reps):
+        key = f"{section}/{name}"
         try:
-            t = bench(fn, reps, sync)
-            m = peak_mb(fn) if device == "cpu" else None
-            res.setdefault(section, {})[name] = {"ms": round(t, 3), "peak_mb": m}
-            log(f"  N={N} {section:22s} {name:34s} {t:10.2f} ms   peak {m} MiB")
+            stats = bench(fn, reps, sync)
+            stats["peak_rss_delta_mib"] = peak_mb(fn) if device == "cpu" else None
+            res[key] = {"section": section, "unit": "ms", **stats}
+            log(f"  N={N} {key:60s} {stats['median']:10.2f} ms (min {stats['min']:.2f}, max {stats['max']:.2f})"
+                f"   peak {stats['peak_rss_delta_mib']} MiB")
         except Exception as e:  # a baseline that does not support this path
-            res.setdefault(section, {})[name] = {"ms": None, "error": f"{type(e).__name__}: {e}"[:200]}
-            log(f"  N={N} {section:22s} {name:34s}   n/a ({type(e).__name__}: {str(e)[:80]})")
+            res[key] = {"section": section, "unit": "ms", "median": None, "error": f"{type(e).__name__}: {e}"[:200]}
+            log(f"  N={N} {key:60s}   n/a ({type(e).__name__}: {str(e)[:80]})")
 
     # ---------------- decode forward
     with torch.no_grad():
@@ -222,32 +210,81 @@ def _iter_with(mat, a):
     return mat._iterable_decode(a, include_outer_loss=True)
 
 
-RATIOS = [
-    ("decode_fwd", "ours sparse_decode", "dense acts@W_dec", 25.0),
-    ("decode_fwd", "ours sparse_decode", "saelens decode (dense acts)", None),
-    ("decode_fwd", "ours sparse_decode", "saelens decode (sparse acts)", None),
-    ("decode_fwd", "ours sparse_decode", "embedding_bag", 0.9),
-    ("decode_fwd_bwd", "ours sparse_decode", "dense acts@W_dec", 8.0),
-    ("decode_fwd_bwd", "ours sparse_decode", "saelens decode (sparse acts)", None),
-    ("decode_fwd_bwd", "ours sparse_decode", "embedding_bag autograd", 1.5),
-    ("decode_fwd_bwd", "ours sparse_decode no buffer reuse", "dense acts@W_dec", 8.0),
-    ("decode_fwd_bwd", "ours sparse_decode no buffer reuse", "embedding_bag autograd", 1.5),
-    ("matryoshka_all_levels", "ours matryoshka_decode", "saelens _iterable_decode (dense)", 10.0),
-    ("matryoshka_all_levels", "ours matryoshka_decode", "saelens _iterable_decode (sparse)", None),
-    ("matryoshka_loss_fwd_bwd", "ours matryoshka_losses", "saelens levels (dense)", None),
-    ("matryoshka_loss_fwd_bwd", "ours matryoshka_losses no buffer reuse", "saelens levels (dense)", None),
+# Each table: one row per op of ours; each column a baseline (and which of our variants it is set
+# against). The like-for-like column compares on equal terms: SAELens's best working path on the same
+# codes, ours without gradient-buffer reuse.
+_SP = ("SAELens's own sparse path: TopK SAE with use_sparse_activations=True (COO acts, torch.sparse.mm), "
+       "timed from ready COO acts as ours is from ready indices and values")
+TABLES = [
+    {"id": "decode_fwd", "title": "Decode, forward only", "rows": ["ours sparse_decode"], "columns": [
+        {"id": "like_for_like", "title": "like for like: SAELens sparse decode", "meaning": _SP,
+         "baseline": "decode_fwd/saelens decode (sparse acts)", "ours": {"ours sparse_decode": "decode_fwd/ours sparse_decode"}},
+        {"id": "saelens_dense", "title": "SAELens dense decode", "meaning": "SAELens decode on dense [N, d_sae] "
+         "acts: what BatchTopK and Matryoshka BatchTopK do (their activation ignores use_sparse_activations)",
+         "baseline": "decode_fwd/saelens decode (dense acts)", "ours": {"ours sparse_decode": "decode_fwd/ours sparse_decode"}},
+        {"id": "dense_matmul", "title": "dense acts @ W_dec", "meaning": "plain torch dense matmul",
+         "baseline": "decode_fwd/dense acts@W_dec", "ours": {"ours sparse_decode": "decode_fwd/ours sparse_decode"}},
+        {"id": "embedding_bag", "title": "embedding_bag (reference)", "meaning": "F.embedding_bag(mode='sum', "
+         "per_sample_weights): torch's gather-and-sum, the bandwidth reference",
+         "baseline": "decode_fwd/embedding_bag", "ours": {"ours sparse_decode": "decode_fwd/ours sparse_decode"}},
+    ]},
+    {"id": "decode_fwd_bwd", "title": "Decode, forward + backward", "rows": ["ours sparse_decode"], "columns": [
+        {"id": "like_for_like", "title": "like for like: SAELens sparse decode", "meaning": _SP + "; ours "
+         "without grad-buffer reuse (a fresh W_dec gradient each call, as autograd gives SAELens)",
+         "baseline": "decode_fwd_bwd/saelens decode (sparse acts)",
+         "ours": {"ours sparse_decode": "decode_fwd_bwd/ours sparse_decode no buffer reuse"}},
+        {"id": "grad_buffer_reuse", "title": "+ grad-buffer reuse (ours)", "meaning": "as like for like, but ours "
+         "keeps the dense W_dec gradient buffer between calls and re-zeroes only the touched rows",
+         "baseline": "decode_fwd_bwd/saelens decode (sparse acts)",
+         "ours": {"ours sparse_decode": "decode_fwd_bwd/ours sparse_decode"}},
+        {"id": "saelens_dense", "title": "SAELens dense decode", "meaning": "SAELens decode on dense acts "
+         "(BatchTopK / Matryoshka's path); ours without buffer reuse",
+         "baseline": "decode_fwd_bwd/saelens decode (dense acts)",
+         "ours": {"ours sparse_decode": "decode_fwd_bwd/ours sparse_decode no buffer reuse"}},
+        {"id": "embedding_bag", "title": "embedding_bag autograd (reference)", "meaning": "F.embedding_bag with "
+         "autograd; ours without buffer reuse", "baseline": "decode_fwd_bwd/embedding_bag autograd",
+         "ours": {"ours sparse_decode": "decode_fwd_bwd/ours sparse_decode no buffer reuse"}},
+    ]},
+    {"id": "matryoshka_all_levels", "title": "Matryoshka decode of every level, forward only",
+     "rows": ["ours matryoshka_decode"], "columns": [
+        {"id": "like_for_like", "title": "like for like: SAELens _iterable_decode (dense)", "meaning": "SAELens "
+         "matryoshka_batchtopk's only working path: its BatchTopK codes are dense",
+         "baseline": "matryoshka_all_levels/saelens _iterable_decode (dense)",
+         "ours": {"ours matryoshka_decode": "matryoshka_all_levels/ours matryoshka_decode"}},
+        {"id": "saelens_sparse", "title": "SAELens _iterable_decode (COO acts)", "meaning": "the same with COO "
+         "acts; slicing a COO tensor per level fails in torch, so there is no sparse Matryoshka path",
+         "baseline": "matryoshka_all_levels/saelens _iterable_decode (sparse)",
+         "ours": {"ours matryoshka_decode": "matryoshka_all_levels/ours matryoshka_decode"}},
+    ]},
+    {"id": "matryoshka_loss_fwd_bwd", "title": "Matryoshka summed level losses, forward + backward",
+     "rows": ["ours matryoshka_losses"], "columns": [
+        {"id": "like_for_like", "title": "like for like: SAELens levels (dense)", "meaning": "SAELens's "
+         "per-level MSE over _iterable_decode (dense codes); ours without grad-buffer reuse",
+         "baseline": "matryoshka_loss_fwd_bwd/saelens levels (dense)",
+         "ours": {"ours matryoshka_losses": "matryoshka_loss_fwd_bwd/ours matryoshka_losses no buffer reuse"}},
+        {"id": "grad_buffer_reuse", "title": "+ grad-buffer reuse (ours)", "meaning": "as like for like, but "
+         "ours keeps the dense W_dec gradient buffer between calls",
+         "baseline": "matryoshka_loss_fwd_bwd/saelens levels (dense)",
+         "ours": {"ours matryoshka_losses": "matryoshka_loss_fwd_bwd/ours matryoshka_losses"}},
+    ]},
 ]
+for _t in TABLES:
+    for _c in _t["columns"]:
+        _c["like_for_like"] = _c["id"] == "like_for_like"
 
 
-def ratios(res):
-    out = []
-    for sec, ours, base, target in RATIOS:
-        a = res.get(sec, {}).get(ours, {}).get("ms")
-        b = res.get(sec, {}).get(base, {}).get("ms")
-        r = round(b / a, 2) if a and b else None
-        out.append({"section": sec, "ours": ours, "baseline": base, "speedup": r, "target": target,
-                    "met": (r >= target) if (r is not None and target is not None) else None})
-    return out
+def ratio_lines(results: dict) -> list[str]:
+    """Printable lines: baseline median / ours median per N, table, column."""
+    lines = []
+    for n, res in results.items():
+        med = {k: v.get("median") for k, v in res["variants"].items()}
+        for t in TABLES:
+            for c in t["columns"]:
+                for row, ours in c["ours"].items():
+                    a, b = med.get(ours), med.get(c["baseline"])
+                    r = f"{b / a:.2f}x" if a and b else "n/a"
+                    lines.append(f"N={n:>5} {t['id']:24s} {row} vs {c['title']:45s} {r}")
+    return lines
 
 
 def main(argv=None):
@@ -258,53 +295,40 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--widths", type=int, nargs="+", default=None,
                    help="Matryoshka cumulative widths (default: d_sae/16, /8, /4, /2, 1)")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--slow-repeats", type=int, default=3, help="repeats for the dense baselines")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--slow-repeats", type=int, default=5, help="repeats for the dense baselines")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats (smoke test)")
     p.add_argument("--out", default=str(Path(__file__).with_name("results_kernels.json")))
     a = p.parse_args(argv)
     if a.quick:
-        a.N, a.d_in, a.d_sae, a.k, a.repeats, a.slow_repeats = [8], 32, 128, 4, 2, 1
+        a.N, a.d_in, a.d_sae, a.k, a.repeats, a.slow_repeats = [8], 32, 128, 4, 2, 2
     widths = a.widths or [a.d_sae // 16, a.d_sae // 8, a.d_sae // 4, a.d_sae // 2, a.d_sae]
     log = lambda s: print(s, flush=True)  # noqa: E731
-    conditions = {
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "processor": platform.processor() or None, "python": platform.python_version(),
-        "device": a.device, "loadavg_start": loadavg(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    log(f"shapes d_in={a.d_in} d_sae={a.d_sae} k={a.k} N={a.N} widths={widths}; {conditions}")
-    results = {"shapes": {"d_in": a.d_in, "d_sae": a.d_sae, "k": a.k, "N": a.N, "widths": widths},
-               "repeats": a.repeats, "slow_repeats": a.slow_repeats, "conditions": conditions, "runs": {}}
+    env = environment(a.device)
+    shapes = {"d_in": a.d_in, "d_sae": a.d_sae, "k": a.k, "widths": widths}
+    log(f"shapes {shapes} N={a.N}; {env}")
+    t0 = time.perf_counter()
+    results = {}
     for N in a.N:
-        res = run(N, a.d_in, a.d_sae, a.k, widths, a.repeats, a.slow_repeats, a.device, log)
-        results["runs"][str(N)] = {"timings": res, "ratios": ratios(res)}
-    conditions["loadavg_end"] = loadavg()
-    print()
-    print(table(results))
-    Path(a.out).write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {a.out}")
-
-
-def table(results) -> str:
-    lines = ["| N | comparison | baseline ms | ours ms | speedup | target |", "|---|---|---|---|---|---|"]
-    for N, run_ in results["runs"].items():
-        t = run_["timings"]
-        for r in run_["ratios"]:
-            a = t.get(r["section"], {}).get(r["ours"], {}).get("ms")
-            b = t.get(r["section"], {}).get(r["baseline"], {}).get("ms")
-            tgt = "" if r["target"] is None else (f"≥{r['target']}× " + ("✓" if r["met"] else "✗"))
-            sp = "n/a" if r["speedup"] is None else f"{r['speedup']}×"
-            lines.append(f"| {N} | {r['section']}: {r['ours']} vs {r['baseline']} | {b} | {a} | {sp} | {tgt} |")
-    lines.append("")
-    lines.append("| N | section | variant | ms | peak MiB |")
-    lines.append("|---|---|---|---|---|")
-    for N, run_ in results["runs"].items():
-        for sec, d in run_["timings"].items():
-            for name, v in d.items():
-                lines.append(f"| {N} | {sec} | {name} | {v.get('ms')} | {v.get('peak_mb')} |")
-    return "\n".join(lines)
+        results[str(N)] = {"variants": run(N, a.d_in, a.d_sae, a.k, widths, a.repeats, a.slow_repeats, a.device, log)}
+    finish_environment(env)
+    env["wall_s"] = round(time.perf_counter() - t0, 1)
+    out = {
+        "benchmark": "kernels",
+        "command": command_line("bench_kernels.py", argv),
+        "quick": a.quick,
+        "environment": env,
+        "shape": shapes,
+        "n": a.N,
+        "repeats": a.repeats,
+        "slow_repeats": a.slow_repeats,
+        "tables": TABLES,
+        "results": results,
+    }
+    print("\n".join(ratio_lines(results)))
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    log(f"wrote {a.out} in {env['wall_s']} s; load {env['load_avg_start']} -> {env['load_avg_end']}")
 
 
 if __name__ == "__main__":

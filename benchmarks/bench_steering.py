@@ -1,12 +1,15 @@
 """Steered vs unsteered generation time on the same batch (``HookedMaira2.generate``, greedy, KV cache).
 
+    python benchmarks/bench_steering.py --repeats 7     # the committed results_steering.json
     python benchmarks/bench_steering.py [--model tiny|PATH] [--sae PATH] [--studies 16] [--new 48] [--repeats 3]
+    python benchmarks/bench_steering.py --quick --out /tmp/results_steering.json   # smoke: 2 studies, 4 tokens
 
 Without ``--sae`` a random Matryoshka SAE of ``--d-sae`` latents at the middle layer is used (timing does
 not depend on what the weights mean). Conditions: no hooks, an empty pass-through hook (the cost of
 having a hook at all), ``add`` of one feature at every position, ``clamp`` of 4 features, ``ablate`` of
 16 features restricted to report positions. Every condition generates exactly ``--new`` tokens
-(EOS suppressed), so the token counts are equal. Prints a table and writes ``--out`` JSON.
+(EOS suppressed), so the token counts are equal. Prints a table and writes ``--out`` JSON with the
+environment (CPU, versions, load average at start and end) and every repeat's time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import command_line, environment, finish_environment
 from sae_rad_ext.adapters import HookedMaira2, Maira2Processor
 
 import sae_rad_ext.saes.matryoshka as mat
@@ -36,9 +40,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="benchmarks/results_steering.json")
+    ap.add_argument("--quick", action="store_true", help="2 studies, 4 new tokens, 1 repeat (smoke test)")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("results_steering.json")))
     a = ap.parse_args()
+    if a.quick:
+        a.studies, a.new, a.repeats, a.d_sae = 2, 4, 1, 256
     torch.set_num_threads(a.threads)
+    env = environment(a.device)
     model = (HookedMaira2.tiny() if a.model == "tiny" else HookedMaira2.from_pretrained(a.model)).to(a.device)
     proc = Maira2Processor.from_model_config(model.model.config, model.tokenizer)
     size = model.cfg.image_size[0]
@@ -97,7 +105,12 @@ def main() -> None:
     )
     for k, r in rows.items():
         print(f"  {k:40s} {r['median_s']:.3f} s   × {r['ratio']:.3f}")
+    finish_environment(env)
     res = {
+        "benchmark": "steering_generation",
+        "command": command_line("bench_steering.py"),
+        "quick": a.quick,
+        "environment": env,
         "studies": a.studies,
         "new_tokens": a.new,
         "prompt_positions": T,
