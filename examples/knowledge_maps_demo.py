@@ -29,7 +29,8 @@ from sae_rad_ext.adapters.roles import Role
 
 from sae_rad_ext.data.phantom.generator import generate_studies, split_of
 from sae_rad_ext.data.study import FINDINGS
-from sae_rad_ext.maps.common import holdout_mask, study_targets
+from sae_rad_ext.evaluation.splits import holdout_mask
+from sae_rad_ext.maps.common import study_targets
 from sae_rad_ext.maps.knowledge_maps import MapConfig, build_knowledge_maps, write_json
 
 
@@ -139,7 +140,7 @@ def main() -> None:
         )
         if split_of(s.metadata["patient_id"]) == "train"
     ]
-    holdout = holdout_mask(studies, cfg.test_fraction, cfg.seed)
+    holdout = holdout_mask(studies, cfg.test_fraction, salt=str(cfg.seed))
     res = {
         "layers": layers,
         "recommended": maps.recommendation.layer,

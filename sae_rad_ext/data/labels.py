@@ -173,13 +173,3 @@ def label_study(study) -> dict[str, int | None]:
 def binarize(labels: dict[str, int | None], uncertain_as: int = 1) -> dict[str, int]:
     """CheXpert U-ones (default) / U-zeros mapping: None → 0, -1 → ``uncertain_as``."""
     return {k: (uncertain_as if v == -1 else int(v or 0)) for k, v in labels.items()}
-
-
-def f1_scores(pred: list[dict[str, int]], truth: list[dict[str, int]], keys=FINDINGS) -> dict[str, float]:
-    out = {}
-    for k in keys:
-        tp = sum(1 for p, t in zip(pred, truth, strict=True) if p[k] == 1 and t[k] == 1)
-        fp = sum(1 for p, t in zip(pred, truth, strict=True) if p[k] == 1 and t[k] != 1)
-        fn = sum(1 for p, t in zip(pred, truth, strict=True) if p[k] != 1 and t[k] == 1)
-        out[k] = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
-    return out

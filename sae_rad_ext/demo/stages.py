@@ -105,8 +105,8 @@ def _interpretation(ctx: StageContext) -> dict[str, Any]:
         scorers=("detection",),
         heatmaps=True,
         seed=ctx.cfg.seed,
-        # interpret's fit/holdout split is a salted hash of the study id, independent of the phantom
-        # splitter's crc32: half of validate+test fits the thresholds, the other half is the holdout.
+        # interpret's fit/holdout split is the patient split salted apart from the phantoms' own
+        # (evaluation.splits): half of validate+test fits the thresholds, the other half is the holdout.
         holdout_fraction=0.5,
     )
     res = interpret(

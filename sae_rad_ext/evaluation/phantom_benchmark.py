@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sae_rad_ext.data.labels import binarize, label_report
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.evaluation import metrics
+from sae_rad_ext.evaluation.metrics import best_f1_threshold, precision_recall_f1
+from sae_rad_ext.saes.matryoshka import RadMatryoshkaSAE
 
 __all__ = [
     "ReportEval",
@@ -42,12 +44,6 @@ Tick = Callable[[int], None]
 def study_truth(studies: Sequence[Study]) -> np.ndarray:
     """``int [n_studies, n_findings]`` planted labels (``Study.labels``) in :data:`FINDINGS` order."""
     return np.array([[int(s.labels.get(k) or 0) for k in FINDINGS] for s in studies], dtype=np.int64)
-
-
-def _f1(pred: np.ndarray, y: np.ndarray) -> float:
-    tp = int((pred & y).sum())
-    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
-    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
 # ---- generated reports ---------------------------------------------------------------------------
@@ -111,13 +107,10 @@ def evaluate_reports(texts: Sequence[str], studies: Sequence[Study]) -> ReportEv
     ref = np.array([[binarize(label_report(s.report))[k] for k in FINDINGS] for s in studies], bool)
     f1, prec, rec, prev, chance, reff = {}, {}, {}, {}, {}, {}
     for j, k in enumerate(FINDINGS):
-        tp = int((pred[:, j] & y[:, j]).sum())
-        f1[k] = _f1(pred[:, j], y[:, j])
-        prec[k] = tp / max(1, int(pred[:, j].sum()))
-        rec[k] = tp / max(1, int(y[:, j].sum()))
+        prec[k], rec[k], f1[k] = precision_recall_f1(pred[:, j], y[:, j])
         p = float(y[:, j].mean()) if len(y) else 0.0
         prev[k], chance[k] = p, 2 * p / (1 + p)
-        reff[k] = _f1(ref[:, j], y[:, j])
+        reff[k] = metrics.f1(ref[:, j], y[:, j])
     return ReportEval(f1, prec, rec, prev, chance, reff, len(texts), float(np.mean(list(f1.values()))))
 
 
@@ -184,7 +177,7 @@ def probe_f1(
             out[k] = float("nan")
             continue
         clf = LogisticRegression(C=0.1, max_iter=500).fit(a, y_train[:, j])
-        out[k] = _f1(clf.predict(b).astype(bool), y_test[:, j].astype(bool))
+        out[k] = metrics.f1(clf.predict(b), y_test[:, j])
     return out
 
 
@@ -194,69 +187,73 @@ def train_quick_topk_sae(
     k: int = 16,
     steps: int = 400,
     batch: int = 1024,
-    lr: float = 2e-3,
+    lr: float = 1e-2,
     seed: int = 0,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A plain TopK SAE on rows of ``x`` ``[n, d]`` (per-layer diagnostic; the demo's real SAE is the
-    Matryoshka SAE trained through SAELens). Returns ``encode(x) -> [n, d_sae]``."""
-    g = torch.Generator().manual_seed(seed)
+) -> RadMatryoshkaSAE:
+    """A small SAE on the rows of ``x [n, d]`` for per-layer diagnostics: the project's Matryoshka
+    BatchTopK SAE with one group (so plain BatchTopK, ``k`` active latents per row on average), trained
+    by its own kernel step (dictionary_learning loss mode: unit-norm decoder, geometric-median ``b_dec``,
+    aux-k on latents silent for ``max(50, steps // 4)`` steps, EMA threshold from ``steps // 2``) with
+    Adam for ``steps`` batches of ``batch`` rows drawn with replacement. Rows are scaled to mean norm
+    ``√d`` during training and the scale is folded into the weights, so the returned inference SAE
+    takes raw rows. Deterministic for a given ``seed`` (the global torch RNG is left untouched). The
+    default ``lr`` is higher than a long run would use: BatchTopK spreads its budget unevenly across
+    latents early on and needs it to learn the planted directions within a few hundred steps."""
+    from sae_lens.saes.sae import SAE, TrainStepInput
+
+    from sae_rad_ext.saes.matryoshka_training import (
+        RadMatryoshkaBatchTopKTrainingSAE,
+        RadMatryoshkaBatchTopKTrainingSAEConfig,
+    )
+
+    if x.dim() != 2 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty [n, d] matrix of rows; got shape {tuple(x.shape)}")
+    x = x.detach().float()
     d = x.shape[1]
-    scale = float(x.norm(dim=1).mean()) / d**0.5
-    mu = x.mean(0)
-    W_dec = torch.randn(d_sae, d, generator=g)
-    W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).requires_grad_()
-    W_enc = W_dec.detach().T.clone().requires_grad_()
-    b_enc = torch.zeros(d_sae, requires_grad=True)
-    opt = torch.optim.Adam([W_dec, W_enc, b_enc], lr=lr)
-
-    def encode(v: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(((v - mu) / scale) @ W_enc + b_enc)
-        top = pre.topk(k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-
-    with torch.enable_grad():
-        for _ in range(steps):
-            xb = x[torch.randint(len(x), (min(batch, len(x)),), generator=g)]
-            z = encode(xb)
-            loss = (((z @ W_dec) - (xb - mu) / scale) ** 2).sum(-1).mean()
+    factor = d**0.5 / float(x.norm(dim=1).mean().clamp_min(1e-12))  # rows × factor have mean norm √d
+    cfg = RadMatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=d, d_sae=d_sae, k=k, group_sizes=[d_sae], threshold_start_step=steps // 2, device=str(x.device)
+    )
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    window = max(50, steps // 4)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.enable_grad():
+        torch.manual_seed(seed)  # SAELens initialises the weights from the global generator
+        tsae = RadMatryoshkaBatchTopKTrainingSAE(cfg)
+        opt = torch.optim.Adam(tsae.parameters(), lr=lr)
+        silent = torch.zeros(d_sae, dtype=torch.long, device=x.device)  # steps since each latent fired
+        for step in range(steps):
+            xb = x[torch.randint(len(x), (min(batch, len(x)),), generator=g, device=x.device)] * factor
+            out = tsae.training_forward_pass(TrainStepInput(xb, {}, silent > window, step, False))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            out.loss.backward()
             opt.step()
-            with torch.no_grad():
-                W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    W_enc, b_enc = W_enc.detach(), b_enc.detach()
-    return lambda v: encode(v).detach()
-
-
-def _best_cut(scores: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per column of ``scores [n, m]``: best F1 over thresholds and that threshold (predict score > thr)."""
-    s, order = scores.sort(dim=0, descending=True)
-    yy = y[order].float()  # [n, m]
-    tp = yy.cumsum(0)
-    n_pred = torch.arange(1, len(s) + 1, dtype=torch.float32)[:, None]
-    f1 = 2 * tp / (n_pred + y.float().sum())
-    f1 = torch.where(s > 0, f1, torch.zeros_like(f1))  # a latent that does not fire predicts nothing
-    best, at = f1.max(0)
-    nxt = torch.cat([s[1:], torch.full_like(s[:1], -1.0)])
-    thr = (s.gather(0, at[None])[0] + nxt.gather(0, at[None])[0]) / 2
-    return best, thr
+            silent += 1
+            silent[out.feature_acts.coalesce().indices()[1]] = 0
+    tsae.fold_activation_norm_scaling_factor(factor)
+    state = tsae.state_dict()
+    tsae.process_state_dict_for_saving_inference(state)
+    sae = SAE.from_dict(tsae.cfg.get_inference_sae_cfg_dict())
+    sae.load_state_dict(state)
+    return sae.eval()
 
 
 def best_latent_f1(
     z_train: torch.Tensor, y_train: np.ndarray, z_test: torch.Tensor, y_test: np.ndarray
 ) -> dict[str, dict[str, float]]:
     """Best single latent per finding at study level (``z`` = ``[n_studies, d_sae]`` max over image tokens):
-    latent + threshold chosen on train, F1 on test. ``{finding: {"f1", "train_f1", "latent"}}``."""
+    latent + threshold chosen on train (:func:`~sae_rad_ext.evaluation.metrics.best_f1_threshold` with
+    ``floor=0``: a latent predicts by firing; on equal F1 the lowest latent id), F1 on test.
+    ``{finding: {"f1", "train_f1", "latent"}}``; NaN and latent -1 when no training study has the finding."""
     out = {}
     for j, k in enumerate(FINDINGS):
         yt = torch.as_tensor(y_train[:, j]).bool()
         if not yt.any():
             out[k] = {"f1": float("nan"), "train_f1": float("nan"), "latent": -1}
             continue
-        best, thr = _best_cut(z_train, yt)
+        thr, best = best_f1_threshold(z_train, yt, floor=0.0)
         i = int(best.argmax())
-        pred = (z_test[:, i] > thr[i]).numpy()
-        out[k] = {"f1": _f1(pred, y_test[:, j].astype(bool)), "train_f1": float(best[i]), "latent": i}
+        pred = z_test[:, i].double() >= thr[i]
+        out[k] = {"f1": metrics.f1(pred, y_test[:, j]), "train_f1": float(best[i]), "latent": i}
     return out
 
 
@@ -278,10 +275,11 @@ def probe_layers(
     for L, a in acts.items():
         pooled = a.mean(1).numpy()
         probe = probe_f1(pooled[train_idx], y[train_idx], pooled[test_idx], y[test_idx])
-        enc = train_quick_topk_sae(
+        sae = train_quick_topk_sae(
             a[train_idx].reshape(-1, a.shape[-1]), d_sae=d_sae, k=k, steps=steps, seed=seed
         )
-        z = enc(a.reshape(-1, a.shape[-1])).reshape(a.shape[0], a.shape[1], -1).amax(1)
+        with torch.no_grad():
+            z = sae.encode(a.reshape(-1, a.shape[-1])).reshape(a.shape[0], a.shape[1], -1).amax(1)
         lat = best_latent_f1(z[train_idx], y[train_idx], z[test_idx], y[test_idx])
         out[f"blocks.{L}.hook_resid_post"] = {
             "probe_f1": probe,

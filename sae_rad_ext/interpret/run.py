@@ -43,8 +43,9 @@ from sae_rad_ext.records import Explanation, FeatureExample, InterpretationRun
 
 __all__ = ["InterpretConfig", "InterpretResult", "interpret"]
 
-SCAN_VERSION = 2
-"""Bumped when the scan's outputs change meaning (2: salted holdout hash), so old scans are redone."""
+SCAN_VERSION = 3
+"""Bumped when the scan's outputs change meaning (2: salted holdout hash; 3: patient-level split of
+``evaluation.splits``), so old scans are redone."""
 
 
 @dataclass

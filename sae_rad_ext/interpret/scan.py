@@ -19,7 +19,6 @@ aligns with the labels without the model having seen anything — those rows are
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +36,11 @@ from sae_rad_ext.activations.extract import (
 )
 from sae_rad_ext.adapters.roles import ImageSlot, Role, Selection, TokenRoles
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.evaluation.splits import assign_split, split_unit
 from sae_rad_ext.interpret.score_store import ScoreWriter, StudyInfo
 from sae_rad_ext.interpret.stats import FeatureStatsAccumulator
 
-__all__ = ["KINDS", "LEAKS", "MapOverlap", "ScanConfig", "default_split", "encode", "mask_to_grid", "scan"]
+__all__ = ["KINDS", "LEAKS", "MapOverlap", "ScanConfig", "encode", "mask_to_grid", "scan"]
 
 KINDS: dict[str, str] = {
     "stats": "max over the statistics positions (top studies, explanations, scoring)",
@@ -62,17 +62,10 @@ LEAKS: dict[str, str] = {
 }
 """Kinds whose alignment can be explained by reading the answer instead of seeing the image."""
 
+SPLIT_SALT = "sae-rad-interpret"
+"""Salt of the fit/holdout split, so it cuts across a dataset's own (unsalted) train/test parts."""
+
 _PROMPT_VALUE_ROLES = (Role.INDICATION, Role.TECHNIQUE, Role.COMPARISON, Role.PRIOR_REPORT, Role.PHRASE)
-
-
-def default_split(study_id: str, holdout_fraction: float = 0.5) -> str:
-    """``"holdout"`` for a stable hash-chosen ``holdout_fraction`` of study ids, else ``"fit"``.
-
-    The hash is salted so it is independent of datasets that split by an unsalted CRC of the id (the
-    phantoms' train/validate/test split is ``crc32(id)``: an unsalted CRC would put a whole test split on
-    one side)."""
-    h = int.from_bytes(hashlib.sha256(f"sae-rad-interpret:{study_id}".encode()).digest()[:4], "big")
-    return "holdout" if h / 2**32 < holdout_fraction else "fit"
 
 
 @torch.no_grad()
@@ -199,6 +192,8 @@ class ScanConfig:
     top_n: int = 20
     reservoir: int = 64
     holdout_fraction: float = 0.5
+    """Share of patients in the ``holdout`` split (:mod:`sae_rad_ext.evaluation.splits`, salt
+    :data:`SPLIT_SALT`); the rest is ``fit``."""
     flush_every: int = 256
 
 
@@ -233,14 +228,18 @@ def scan(
     cfg: ScanConfig,
     *,
     processor: Any = None,
-    split_fn: Callable[[str], str] | None = None,
+    split_fn: Callable[[Study], str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[FeatureStatsAccumulator, MapOverlap]:
     """One pass over ``studies``: writes ``out/scores/…`` + ``out/studies.jsonl`` and returns the
-    statistics accumulator and the map overlap (call ``.result()`` / ``.save`` on them)."""
+    statistics accumulator and the map overlap (call ``.result()`` / ``.save`` on them).
+
+    ``split_fn(study) -> "fit" | "holdout"``; default: the patient-level split of
+    :mod:`sae_rad_ext.evaluation.splits` with ``cfg.holdout_fraction`` and :data:`SPLIT_SALT`."""
     processor = processor if processor is not None else default_processor(model)
     d_sae = int(sae.W_enc.shape[1])
-    split_fn = split_fn or (lambda sid: default_split(sid, cfg.holdout_fraction))
+    fractions = {"holdout": cfg.holdout_fraction, "fit": 1.0 - cfg.holdout_fraction}
+    split_fn = split_fn or (lambda s: assign_split(split_unit(s), fractions, salt=SPLIT_SALT))
     kinds = [k for k in KINDS if cfg.generate or k != "generated"]
     writer = ScoreWriter(out, kinds, d_sae, flush_every=cfg.flush_every)
     acc = FeatureStatsAccumulator(d_sae, top_n=cfg.top_n, reservoir=cfg.reservoir)
@@ -296,7 +295,7 @@ def scan(
                     s["generated"] = (
                         encode(sae, gab.acts[gr]).max(0).values.clamp(min=0) if bool(gr.any()) else None
                     )
-                split = split_fn(study.study_id)
+                split = split_fn(study)
                 masks = _study_masks(study, cfg.concepts, grid)
                 if masks and bool(fr.any()):
                     order = (prow[fr.cpu()].long() * grid + pcol[fr.cpu()].long()).to(dev)

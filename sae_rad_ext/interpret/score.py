@@ -174,7 +174,9 @@ class LLMJudge:
 
 
 def score_metrics(scores: torch.Tensor, y: torch.Tensor, threshold: float | str = 0.5) -> dict[str, float]:
-    """precision / recall / f1 / balanced_accuracy / auroc of item scores vs labels (plus n)."""
+    """precision / recall / f1 / balanced_accuracy / auroc of item scores vs labels (plus n), by
+    :func:`sae_rad_ext.evaluation.metrics.binary_metrics`: an item is positive when ``score >= threshold``;
+    ``threshold`` is a number or ``"median"`` (the lower median of ``scores``)."""
     s = scores.double()[:, None]
     thr = float(s.median()) if threshold == "median" else float(threshold)
     m = binary_metrics(s, y.bool(), thr)

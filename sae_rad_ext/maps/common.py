@@ -1,4 +1,4 @@
-"""Shared pieces of the knowledge maps: layer naming, targets, splits, report log-likelihoods, batching.
+"""Shared pieces of the knowledge maps: layer naming, targets, report log-likelihoods, batching.
 
 Layer ``L`` (0 ≤ L < n_layers) means the residual stream after block ``L`` (``blocks.L.hook_resid_post``);
 layer ``-1`` means the residual stream entering block 0 (``blocks.0.hook_resid_pre``: token embeddings with
@@ -11,7 +11,6 @@ import json
 import math
 import os
 import tempfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,18 +72,6 @@ def study_targets(studies: Sequence[Study], source: str = "auto") -> np.ndarray:
         b = binarize({k: lab.get(k) for k in FINDINGS})
         rows.append([b[k] for k in FINDINGS])
     return np.asarray(rows, dtype=np.int64).reshape(len(rows), len(FINDINGS))
-
-
-def holdout_mask(studies: Sequence[Study], test_fraction: float = 0.3, seed: int = 0) -> np.ndarray:
-    """``bool [n]``: True for held-out studies, split by patient (``metadata["patient_id"]`` or study id)
-    with a hash, so a patient's studies never straddle the split."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
-    out = []
-    for s in studies:
-        key = f"{seed}:{s.metadata.get('patient_id') or s.study_id}"
-        out.append((zlib.crc32(key.encode()) % 10_000) / 10_000 < test_fraction)
-    return np.asarray(out, dtype=bool)
 
 
 def role_groups(role: torch.Tensor) -> torch.Tensor:
@@ -151,14 +138,6 @@ def model_inputs(batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[s
     if batch.pixel_values is not None:
         kw["pixel_values"] = batch.pixel_values.to(device)
     return batch.input_ids.to(device), kw
-
-
-def f1(pred: np.ndarray, y: np.ndarray) -> float:
-    """F1 of boolean predictions (1.0 when there is nothing to find and nothing predicted)."""
-    pred, y = np.asarray(pred, bool), np.asarray(y, bool)
-    tp = int((pred & y).sum())
-    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
-    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
 def generated_labels(texts: Sequence[str]) -> np.ndarray:

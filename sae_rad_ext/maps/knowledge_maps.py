@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.evaluation.splits import holdout_mask
 from sae_rad_ext.maps.common import (
     Tick,
     check_layers,
-    holdout_mask,
     layer_label,
     study_targets,
     write_json,
@@ -170,7 +170,7 @@ def build_knowledge_maps(
         pooled = pooled_activations(
             model, proc, studies, layers, batch_size=cfg.batch_size, tick=tick("activations", len(studies))
         )
-        holdout = holdout_mask(studies, cfg.test_fraction, cfg.seed)
+        holdout = holdout_mask(studies, cfg.test_fraction, salt=str(cfg.seed))
         if "probe" in tech:
             pc = probe_curves(pooled, targets, holdout, tick=tick("probes", len(pooled.acts) * len(FINDINGS)))
             results["probe"] = pc.to_dict()

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.evaluation.metrics import f1
 from sae_rad_ext.maps.common import (
     GROUP_NAMES,
     GROUP_REPORT,
     Tick,
     batched,
-    f1,
     generated_labels,
     model_inputs,
     report_loglik,

@@ -1,7 +1,7 @@
 """Layer-wise linear probes: at which layer, and at which positions, does the model know a finding?
 
     pooled = pooled_activations(model, processor, studies, layers=range(-1, model.cfg.n_layers))
-    curves = probe_curves(pooled, study_targets(studies), holdout_mask(studies))
+    curves = probe_curves(pooled, study_targets(studies), holdout_mask(studies, 0.3))  # evaluation.splits
     curves.auroc["report"]["pleural_effusion"]      # [n_layers] held-out AUROC per layer
 
 Per study and layer the residual stream is pooled four ways: the mean over the image tokens of each view

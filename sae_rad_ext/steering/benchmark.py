@@ -31,10 +31,10 @@ import torch
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.labels import binarize
 from sae_rad_ext.data.study import FINDINGS
+from sae_rad_ext.evaluation.metrics import best_f1_threshold
 from sae_rad_ext.steering.evaluate import ControlEval, _atomic_write, evaluate_control
 from sae_rad_ext.steering.feature_reports import (
     FeatureReportEval,
-    _best_threshold,
     feature_report_benchmark,
     study_truth_labels,
 )
@@ -79,8 +79,13 @@ def select_features(
         y = torch.tensor([t.get(f, 0) == 1 for t in truth])
         if not bool(y.any()):
             continue
-        best = max(((_best_threshold(acts[:, j], y)[1], j) for j in alive), default=(0.0, 0))
-        out[f] = (int(best[1]), float(best[0]))
+        if not alive:
+            out[f] = (0, 0.0)
+            continue
+        _, f1s = best_f1_threshold(acts[:, alive], y, floor=0.0)
+        # on equal F1 the highest feature id wins (as a max over (F1, id) pairs)
+        j = len(alive) - 1 - int(f1s.flip(0).argmax())
+        out[f] = (int(alive[j]), float(f1s[j]))
     return out
 
 

@@ -7,7 +7,7 @@
 
 ``descriptions`` maps a feature id to a short text: an auto-interp explanation, or a concept label
 turned into a sentence (:func:`concept_descriptions`). The labeler reads which finding(s) each
-description asserts; a feature is used for a finding only if, on the validation split, ``activation >
+description asserts; a feature is used for a finding only if, on the validation split, ``activation >=
 threshold`` predicts that finding with F1 ≥ ``min_f1`` (the threshold is the F1-maximising one there).
 On a study the descriptions of the used features above their thresholds are joined (strongest first,
 duplicates dropped). Activations are pooled over image positions by default, so nothing of any report
@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from sae_rad_ext.adapters.roles import Selection
-from sae_rad_ext.data.labels import binarize, f1_scores, label_report
+from sae_rad_ext.data.labels import binarize, label_report
 from sae_rad_ext.data.study import FINDINGS
+from sae_rad_ext.evaluation.metrics import best_f1_threshold, f1_by_key
 from sae_rad_ext.steering.evaluate import _atomic_write
 from sae_rad_ext.steering.steer import steered_generate, study_feature_activations
 
@@ -76,7 +77,8 @@ class FeatureReporter:
     """Column order of the activation matrices ``compile`` takes."""
     descriptions: dict[int, str]
     thresholds: dict[int, float]
-    """Used features only: activation threshold (fire when ``act > threshold``)."""
+    """Used features only: activation threshold (fire when ``act >= threshold``; the validation F1 cut of
+    :func:`sae_rad_ext.evaluation.metrics.best_f1_threshold` with ``floor=0``)."""
     finding_of: dict[int, str] = field(default_factory=dict)
     """The finding each used feature's description asserts (what it was calibrated on)."""
     val_f1: dict[int, float] = field(default_factory=dict)
@@ -96,7 +98,7 @@ class FeatureReporter:
             hits = [
                 (row[col[f]] / max(t, 1e-12) if t > 0 else row[col[f]], f)
                 for f, t in self.thresholds.items()
-                if row[col[f]] > t
+                if row[col[f]] >= t
             ]
             seen, parts = set(), []
             for _, f in sorted(hits, reverse=True):
@@ -107,23 +109,6 @@ class FeatureReporter:
                     parts.append(d[:1].upper() + d[1:])
             texts.append(" ".join(parts))
         return texts
-
-
-def _best_threshold(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """F1-maximising threshold of ``x > t`` for labels ``y`` (bool) → (t, F1)."""
-    order = torch.argsort(x, descending=True)
-    xs, ys = x[order], y[order].float()
-    tp = torch.cumsum(ys, 0)
-    k = torch.arange(1, len(xs) + 1, dtype=torch.float32)
-    f1 = 2 * tp / (k + ys.sum())
-    last = torch.ones(len(xs), dtype=torch.bool)  # cut only between distinct values
-    last[:-1] = xs[:-1] != xs[1:]
-    f1 = torch.where(last & (xs > 0), f1, torch.full_like(f1, -1.0))
-    i = int(f1.argmax())
-    if float(f1[i]) < 0:
-        return float("inf"), 0.0
-    nxt = float(xs[i + 1]) if i + 1 < len(xs) else 0.0
-    return (float(xs[i]) + max(nxt, 0.0)) / 2, float(f1[i])
 
 
 def calibrate_feature_reporter(
@@ -159,7 +144,8 @@ def calibrate_feature_reporter(
         if not bool(y.any()):
             rep.skipped[f] = f"no validation study has {found[0]}"
             continue
-        thr, f1 = _best_threshold(val_acts[:, j].float(), y)
+        thr_t, f1_t = best_f1_threshold(val_acts[:, j], y, floor=0.0)
+        thr, f1 = float(thr_t), float(f1_t)
         if f1 < min_f1:
             rep.skipped[f] = f"validation F1 {f1:.2f} < min_f1 {min_f1} for {found[0]}"
             continue
@@ -198,9 +184,10 @@ class FeatureReportEval:
         return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=2, default=str))
 
 
-def _f1(texts: Sequence[str], truth: Sequence[Mapping[str, int | None]]) -> dict[str, float]:
+def _report_f1(texts: Sequence[str], truth: Sequence[Mapping[str, int | None]]) -> dict[str, float]:
+    """Per-finding F1 of the labeler on ``texts`` against ``truth`` (uncertain counts as positive)."""
     pred = [binarize(label_report(t)) for t in texts]
-    return f1_scores(pred, [binarize(dict(t)) for t in truth])
+    return f1_by_key(pred, [binarize(dict(t)) for t in truth], FINDINGS)
 
 
 def feature_report_benchmark(
@@ -236,7 +223,7 @@ def feature_report_benchmark(
             model, processor, test_studies, None, [], max_new_tokens=max_new_tokens, batch_size=batch_size
         ).reports
     truth = study_truth_labels(test_studies)
-    ff, mf = _f1(texts, truth), _f1(model_reports, truth)
+    ff, mf = _report_f1(texts, truth), _report_f1(model_reports, truth)
     ex = [
         {"study_id": str(s.study_id), "feature_report": t, "model_report": m, "reference": s.report}
         for s, t, m in list(zip(test_studies, texts, model_reports, strict=True))[:n_examples]

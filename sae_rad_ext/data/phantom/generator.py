@@ -13,7 +13,6 @@ Each study is seeded independently from ``(seed, index)``: study ``i`` is reprod
 from __future__ import annotations
 
 import copy
-import zlib
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
@@ -32,6 +31,7 @@ from sae_rad_ext.data.phantom.anatomy import (
 from sae_rad_ext.data.phantom.render import render_view, sample_acquisition
 from sae_rad_ext.data.phantom.reports import size_word, write_report
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.evaluation.splits import assign_split
 
 DEFAULT_FINDING_PROBS: dict[str, float] = {
     "cardiomegaly": 0.3, "pleural_effusion": 0.3, "pneumothorax": 0.2, "lung_opacity": 0.3,
@@ -44,9 +44,12 @@ def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index), int(stream)]))
 
 
-def split_of(patient_id: str, fractions=(0.8, 0.1)) -> str:
-    h = (zlib.crc32(patient_id.encode()) % 10_000) / 10_000
-    return "train" if h < fractions[0] else "validate" if h < fractions[0] + fractions[1] else "test"
+def split_of(patient_id: str, fractions: tuple[float, float] = (0.8, 0.1)) -> str:
+    """The phantoms' data split of a patient: ``"train"`` / ``"validate"`` / ``"test"`` with the given
+    train and validate fractions (the rest is test), by the project's patient split with the empty salt
+    (:func:`sae_rad_ext.evaluation.splits.assign_split`)."""
+    train, validate = fractions
+    return assign_split(patient_id, {"train": train, "validate": validate, "test": 1.0 - train - validate})
 
 
 # --------------------------------------------------------------------------------------- states
