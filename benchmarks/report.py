@@ -80,6 +80,11 @@ def environment_lines(res: Mapping) -> list[str]:
         f" (on {env.get('cpu_count', '?')} cores: a load above the core count means other processes"
         " shared the CPUs during the run)"
     )
+    loads = [x for k in ("load_avg_start", "load_avg_end") for x in (env.get(k) or [])[:1]]
+    if loads and env.get("cpu_count") and max(loads) > env["cpu_count"]:
+        out.append(f"- **busy machine**: the 1-minute load reached {max(loads):.2f} on {env['cpu_count']} cores, so "
+                   "other processes took CPU time during this run; its times (and to a lesser degree its ratios) "
+                   "are not those of a quiet machine. Re-run the command below on a quiet machine to replace them.")
     out.append(f"- command: `{res.get('command', 'not recorded')}`" + (" (quick smoke shapes)" if res.get("quick") else ""))
     return out
 

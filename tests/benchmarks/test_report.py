@@ -99,3 +99,10 @@ def test_committed_page_matches_committed_results():
     """docs/benchmarks.md is exactly what report.py renders from benchmarks/results_*.json."""
     rendered = report.render(report.load_results(BENCH))
     assert report.DOC.read_text() == rendered, "docs/benchmarks.md is stale: run python benchmarks/report.py"
+
+
+def test_busy_machine_is_flagged_from_the_recorded_load():
+    res = synthetic_training()
+    assert "busy machine" not in report.render({"results_training.json": res})  # load 1.5 on 2 cores
+    res["environment"]["load_avg_end"] = [3.25, 2.0, 1.0]
+    assert "the 1-minute load reached 3.25 on 2 cores" in report.render({"results_training.json": res})
