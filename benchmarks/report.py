@@ -62,7 +62,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def environment_lines(res: Mapping) -> list[str]:
     """The run's environment as a bullet list (``not recorded`` for a field the file lacks)."""
-    env = res.get("environment", {})
+    if "environment" not in res:
+        return ["- environment: not recorded (this file predates the environment block; re-run its command, "
+                "listed at the top of the page, to record one)"]
+    env = res["environment"]
     fields = [
         ("CPU", env.get("cpu_model")),
         ("cores", env.get("cpu_count")),
