@@ -21,8 +21,8 @@ import torch
 
 from sae_rad_ext.data.labels import binarize, label_report
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.evaluation import metrics
 from sae_rad_ext.evaluation.metrics import best_f1_threshold, precision_recall_f1
+from sae_rad_ext.evaluation.metrics import f1 as binary_f1
 from sae_rad_ext.saes.matryoshka import RadMatryoshkaSAE
 
 __all__ = [
@@ -110,7 +110,7 @@ def evaluate_reports(texts: Sequence[str], studies: Sequence[Study]) -> ReportEv
         prec[k], rec[k], f1[k] = precision_recall_f1(pred[:, j], y[:, j])
         p = float(y[:, j].mean()) if len(y) else 0.0
         prev[k], chance[k] = p, 2 * p / (1 + p)
-        reff[k] = metrics.f1(ref[:, j], y[:, j])
+        reff[k] = binary_f1(ref[:, j], y[:, j])
     return ReportEval(f1, prec, rec, prev, chance, reff, len(texts), float(np.mean(list(f1.values()))))
 
 
@@ -177,7 +177,7 @@ def probe_f1(
             out[k] = float("nan")
             continue
         clf = LogisticRegression(C=0.1, max_iter=500).fit(a, y_train[:, j])
-        out[k] = metrics.f1(clf.predict(b), y_test[:, j])
+        out[k] = binary_f1(clf.predict(b), y_test[:, j])
     return out
 
 
@@ -253,7 +253,7 @@ def best_latent_f1(
         thr, best = best_f1_threshold(z_train, yt, floor=0.0)
         i = int(best.argmax())
         pred = z_test[:, i].double() >= thr[i]
-        out[k] = {"f1": metrics.f1(pred, y_test[:, j]), "train_f1": float(best[i]), "latent": i}
+        out[k] = {"f1": binary_f1(pred, y_test[:, j]), "train_f1": float(best[i]), "latent": i}
     return out
 
 
