@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_rad_ext.adapters.generation import generate_reports as _generate_batch
 from sae_rad_ext.data.labels import binarize, label_report
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.evaluation.metrics import best_f1_threshold, precision_recall_f1
 from sae_rad_ext.evaluation.metrics import f1 as binary_f1
 from sae_rad_ext.saes.matryoshka import RadMatryoshkaSAE
+from sae_rad_ext.util.batching import batched
 
 __all__ = [
     "ReportEval",
@@ -57,21 +59,13 @@ def generate_reports(
     max_new_tokens: int = 96,
     tick: Tick | None = None,
 ) -> list[str]:
-    """Greedy FINDINGS reports from a HF MAIRA-2 model (``generate``, left padding, KV cache)."""
-    tok = processor.tokenizer
+    """Greedy FINDINGS reports of ``studies`` (``batch_size`` at a time, left padding, KV cache) from a HF
+    MAIRA-2 model or its HookedMaira2, decoded by the end-of-report rule of
+    :func:`sae_rad_ext.adapters.generation.generate_reports`."""
     out: list[str] = []
-    for i in range(0, len(studies), batch_size):
-        chunk = list(studies[i : i + batch_size])
+    for chunk in batched(studies, batch_size):
         b = processor.build(chunk, with_report=False)
-        gen = model.generate(
-            **b.model_inputs(),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        new = gen[:, b.input_ids.shape[1] :]
-        out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        out += _generate_batch(model, processor, b, max_new_tokens=max_new_tokens).texts
         if tick:
             tick(len(chunk))
     return out
@@ -135,10 +129,10 @@ def image_token_activations(
 
     def flush() -> None:
         b = processor.build(chunk, with_report=with_report)
+        ids, kw = b.model_args()
         _, cache = hooked.run_with_cache(
-            b.input_ids,
-            pixel_values=b.pixel_values,
-            attention_mask=b.attention_mask,
+            ids,
+            **kw,
             names_filter=names,
             stop_at_layer=max(layers) + 1,
         )

@@ -40,6 +40,7 @@ from sae_rad_ext.interpret.scan import MapOverlap, ScanConfig, scan
 from sae_rad_ext.interpret.score_store import ScoreStore
 from sae_rad_ext.interpret.stats import FeatureStats
 from sae_rad_ext.records import Explanation, FeatureExample, InterpretationRun
+from sae_rad_ext.util.files import write_json, write_jsonl
 
 __all__ = ["InterpretConfig", "InterpretResult", "interpret"]
 
@@ -214,7 +215,7 @@ def interpret(
             stats.save(scan_dir)
             overlap.save(scan_dir / "overlap.safetensors")
             stages["scan"] = fp_scan
-            _write_json(stages_path, stages)
+            write_json(stages_path, stages, default=str)
         stats = FeatureStats.load(scan_dir)
         overlap = MapOverlap.load(scan_dir / "overlap.safetensors")
         store = ScoreStore(scan_dir)
@@ -232,7 +233,7 @@ def interpret(
             f: feature_confidence(f, S[fit, f], fit_st, S[hold, f], hold_st, n=cfg.n_detect, seed=cfg.seed)
             for f in feats
         }
-        _write_jsonl(out / "confidence.jsonl", [asdict(c) for c in conf.values()])
+        write_jsonl(out / "confidence.jsonl", [asdict(c) for c in conf.values()], default=str)
         # ---- examples (second, targeted model pass) ----
         wanted, roles = _wanted_examples(stats, S, store, feats, hold, cfg)
         fp_ex = _fingerprint(fp_scan, sorted((k, sorted(v)) for k, v in wanted.items()), cfg.heatmaps)
@@ -251,11 +252,13 @@ def interpret(
                 heatmaps=cfg.heatmaps,
                 progress=ui.task("examples", len(wanted)),
             )
-            _write_jsonl(
-                out / "examples.jsonl", [{"feature": f, **asdict(e)} for (f, _), e in sorted(ex.items())]
+            write_jsonl(
+                out / "examples.jsonl",
+                [{"feature": f, **asdict(e)} for (f, _), e in sorted(ex.items())],
+                default=str,
             )
             stages["examples"] = fp_ex
-            _write_json(stages_path, stages)
+            write_json(stages_path, stages, default=str)
         examples: dict[tuple[int, str], FeatureExample] = {}
         with open(out / "examples.jsonl") as fh:
             for line in fh:
@@ -295,7 +298,7 @@ def interpret(
         run.save(out)
         features_table(out / "features.csv", run, conf)
         summary = summarize(best, best_by_kind, scores, expl, conf, stats)
-        _write_json(out / "summary.json", summary)
+        write_json(out / "summary.json", summary, default=str)
         return InterpretResult(out, run, stats, table, best, best_by_kind, conf, expl, scores)
     finally:
         ui.close()
@@ -364,18 +367,3 @@ def _wanted_examples(
         have = {f for f, p in pairs if p >= 0}
         out[sid] = sorted((f, p) for f, p in pairs if p >= 0 or f not in have)
     return out, roles
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2, default=str))
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    _write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))

@@ -30,15 +30,16 @@ import torch.nn.functional as F
 
 from sae_rad_ext.activations.extract import (
     activations_from_batch,
-    batched,
     default_processor,
     role_group_names,
 )
+from sae_rad_ext.adapters.generation import generate_reports
 from sae_rad_ext.adapters.roles import ImageSlot, Role, Selection, TokenRoles
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.evaluation.splits import assign_split, split_unit
 from sae_rad_ext.interpret.score_store import ScoreWriter, StudyInfo
 from sae_rad_ext.interpret.stats import FeatureStatsAccumulator
+from sae_rad_ext.util.batching import batched
 
 __all__ = ["KINDS", "LEAKS", "MapOverlap", "ScanConfig", "encode", "mask_to_grid", "scan"]
 
@@ -338,14 +339,8 @@ def _study_masks(study: Study, concepts: Iterable[str], grid: int) -> dict[str, 
 def _generated(model: Any, processor: Any, chunk: list[Study], cfg: ScanConfig):
     """Generate each study's report, then re-run prompt + generated text; returns texts and report rows."""
     gb = processor.build(chunk, with_report=False)
-    dev = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
-    out = model.generate(
-        gb.input_ids.to(dev),
-        pixel_values=None if gb.pixel_values is None else gb.pixel_values.to(dev),
-        attention_mask=gb.attention_mask.to(dev),
-        max_new_tokens=cfg.max_new_tokens,
-    ).cpu()
-    texts = processor.decode_generated(gb, out)
+    gen = generate_reports(model, processor, gb, max_new_tokens=cfg.max_new_tokens)
+    texts, out = gen.texts, gen.output_ids.cpu()
     roles = processor.roles_for_generated(gb, out)
     mask = (roles.role != int(Role.PAD)).long()
     full = SimpleNamespace(

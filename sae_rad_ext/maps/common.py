@@ -1,4 +1,4 @@
-"""Shared pieces of the knowledge maps: layer naming, targets, report log-likelihoods, batching.
+"""Shared pieces of the knowledge maps: layer naming, targets, report log-likelihoods, model inputs.
 
 Layer ``L`` (0 ≤ L < n_layers) means the residual stream after block ``L`` (``blocks.L.hook_resid_post``);
 layer ``-1`` means the residual stream entering block 0 (``blocks.0.hook_resid_pre``: token embeddings with
@@ -7,12 +7,7 @@ the projected image patches spliced in) — what the language model receives bef
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -117,27 +112,10 @@ def report_loglik(logits: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch
     return logp.sum(1), keep.sum(1)
 
 
-def batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    """Chunks of ``n`` items (the last may be shorter)."""
-    if n < 1:
-        raise ValueError(f"batch_size must be >= 1; got {n}")
-    chunk: list[Any] = []
-    for x in items:
-        chunk.append(x)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def model_inputs(batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
     """``(input_ids, {"pixel_values", "attention_mask"})`` of a ``Maira2Batch`` on ``device``; call
     ``model.run_with_cache(ids, **kwargs)`` (HookedMaira2's first argument is positional)."""
-    kw: dict[str, Any] = {"attention_mask": batch.attention_mask.to(device)}
-    if batch.pixel_values is not None:
-        kw["pixel_values"] = batch.pixel_values.to(device)
-    return batch.input_ids.to(device), kw
+    return batch.to(device).model_args()
 
 
 def generated_labels(texts: Sequence[str]) -> np.ndarray:
@@ -147,23 +125,3 @@ def generated_labels(texts: Sequence[str]) -> np.ndarray:
     ).reshape(len(texts), len(FINDINGS))
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        return _clean(x.item())
-    return x
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically (NaN/inf → null)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_clean(obj), fh, indent=1)
-    os.replace(tmp, path)
-    return path

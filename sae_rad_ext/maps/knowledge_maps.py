@@ -34,9 +34,9 @@ from sae_rad_ext.maps.common import (
     check_layers,
     layer_label,
     study_targets,
-    write_json,
 )
 from sae_rad_ext.maps.recommend import Recommendation, recommend_layer
+from sae_rad_ext.util.files import write_json
 
 __all__ = [
     "TECHNIQUES",
@@ -268,5 +268,5 @@ def build_knowledge_maps(
     maps = KnowledgeMaps(
         cfg_dict, str(model.cfg.model_name), n, layers, len(studies), results, rec, files, seconds
     )
-    write_json(maps.to_dict(), out / "knowledge_maps.json")
+    write_json(out / "knowledge_maps.json", maps.to_dict(), indent=1)
     return maps

@@ -25,18 +25,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_rad_ext.adapters.generation import generate_reports
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.evaluation.metrics import f1
 from sae_rad_ext.maps.common import (
     GROUP_NAMES,
     GROUP_REPORT,
     Tick,
-    batched,
     generated_labels,
     model_inputs,
     report_loglik,
     role_groups,
 )
+from sae_rad_ext.util.batching import batched
 
 __all__ = ["LayerMeans", "LesionResult", "lesion_configs", "lesion_hooks", "lesion_maps", "layer_means"]
 
@@ -219,9 +220,7 @@ def lesion_maps(
             hooks = (
                 [] if mode == "none" else lesion_hooks(model, layers, mode, means, role_groups(gb.roles.role))
             )
-            ids, kw = model_inputs(gb, dev)
-            out = model.generate(ids, max_new_tokens=mnt, fwd_hooks=hooks, **kw)
-            texts += processor.decode_generated(gb, out)
+            texts += generate_reports(model, processor, gb, max_new_tokens=mnt, fwd_hooks=hooks).texts
             hooks = (
                 [] if mode == "none" else lesion_hooks(model, layers, mode, means, role_groups(tb.roles.role))
             )

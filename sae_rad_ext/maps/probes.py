@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.maps.common import Tick, batched, check_layers, model_inputs, resid_hook
+from sae_rad_ext.maps.common import Tick, check_layers, model_inputs, resid_hook
+from sae_rad_ext.util.batching import batched
 
 __all__ = ["POOLS", "PooledActivations", "ProbeCurves", "fit_probe", "pooled_activations", "probe_curves"]
 

@@ -19,7 +19,6 @@ Optionally (``descriptions=``) the feature-based report comparison of
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,13 +31,14 @@ from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.labels import binarize
 from sae_rad_ext.data.study import FINDINGS
 from sae_rad_ext.evaluation.metrics import best_f1_threshold
-from sae_rad_ext.steering.evaluate import ControlEval, _atomic_write, evaluate_control
+from sae_rad_ext.steering.evaluate import ControlEval, evaluate_control
 from sae_rad_ext.steering.feature_reports import (
     FeatureReportEval,
     feature_report_benchmark,
     study_truth_labels,
 )
 from sae_rad_ext.steering.steer import strength_sweep, study_feature_activations
+from sae_rad_ext.util.files import write_json
 
 __all__ = ["FindingSteering", "SteeringBenchmark", "run_steering_benchmark", "select_features"]
 
@@ -173,9 +173,7 @@ class SteeringBenchmark:
         return out
 
     def write(self, out: str | Path) -> Path:
-        return _atomic_write(
-            Path(out) / "steering_benchmark.json", json.dumps(self.to_dict(), indent=2, default=str)
-        )
+        return write_json(Path(out) / "steering_benchmark.json", self.to_dict(), indent=2, default=str)
 
 
 def _choose(ev: ControlEval, max_off_target: float, min_parse_rate: float) -> float:

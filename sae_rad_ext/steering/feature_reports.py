@@ -16,7 +16,6 @@ leaks into a feature-based report.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.labels import binarize, label_report
 from sae_rad_ext.data.study import FINDINGS
 from sae_rad_ext.evaluation.metrics import best_f1_threshold, f1_by_key
-from sae_rad_ext.steering.evaluate import _atomic_write
 from sae_rad_ext.steering.steer import steered_generate, study_feature_activations
+from sae_rad_ext.util.files import write_json
 
 __all__ = [
     "FINDING_SENTENCES",
@@ -181,7 +180,7 @@ class FeatureReportEval:
         return asdict(self)
 
     def write(self, path: str | Path) -> Path:
-        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=2, default=str))
+        return write_json(Path(path), self.to_dict(), indent=2, default=str)
 
 
 def _report_f1(texts: Sequence[str], truth: Sequence[Mapping[str, int | None]]) -> dict[str, float]:
