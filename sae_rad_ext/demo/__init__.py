@@ -6,18 +6,11 @@ pipeline is imported on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sae_rad_ext.util.lazy import lazy_exports
 
 _LAZY = {
     "DemoConfig": "sae_rad_ext.demo.pipeline",
     "run_demo": "sae_rad_ext.demo.pipeline",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sae_rad_ext.demo' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _LAZY)

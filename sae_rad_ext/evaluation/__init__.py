@@ -6,8 +6,7 @@ the benchmark (which sits above the SAE and activation layers).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sae_rad_ext.util.lazy import lazy_exports
 
 _LAZY = {
     "BinaryMetrics": "sae_rad_ext.evaluation.metrics",
@@ -26,10 +25,4 @@ _LAZY = {
     "probe_layers": "sae_rad_ext.evaluation.phantom_benchmark",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sae_rad_ext.evaluation' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _LAZY)

@@ -7,8 +7,7 @@ The interpretation pipeline's entry points are exported lazily (importing this p
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sae_rad_ext.util.lazy import lazy_exports
 
 _LAZY = {
     "interpret": "sae_rad_ext.interpret.run",
@@ -33,10 +32,4 @@ _LAZY = {
     "ChatClient": "sae_rad_ext.interpret.llm_client",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sae_rad_ext.interpret' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _LAZY)

@@ -7,8 +7,7 @@ Entry points are exported lazily::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sae_rad_ext.util.lazy import lazy_exports
 
 _LAZY = {
     "TECHNIQUES": "sae_rad_ext.maps.knowledge_maps",
@@ -19,10 +18,4 @@ _LAZY = {
     "recommend_layer": "sae_rad_ext.maps.knowledge_maps",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sae_rad_ext.maps' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _LAZY)

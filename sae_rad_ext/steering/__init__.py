@@ -7,8 +7,7 @@ Entry points are exported lazily (importing this package stays cheap)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sae_rad_ext.util.lazy import lazy_exports
 
 _LAZY = {
     "Intervention": "sae_rad_ext.steering.interventions",
@@ -32,10 +31,4 @@ _LAZY = {
     "feature_report_benchmark": "sae_rad_ext.steering.feature_reports",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sae_rad_ext.steering' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _LAZY)
