@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from sae_rad_ext.adapters.hooked import HookedMaira2
 from sae_rad_ext.adapters.prompts import Maira2Batch, Maira2Processor
+from transformers import LlavaForConditionalGeneration
 
 __all__ = ["GeneratedReports", "generate_reports"]
 
@@ -35,16 +37,15 @@ class GeneratedReports:
     """``long [B, T + n_new]``: the prompt followed by everything ``generate`` produced (on the model's device)."""
 
 
-def _device(model: Any) -> torch.device:
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and getattr(cfg, "device", None) is not None:
-        return torch.device(cfg.device)
+def _device(model: HookedMaira2 | LlavaForConditionalGeneration) -> torch.device:
+    if isinstance(model, HookedMaira2):
+        return torch.device(model.cfg.device)
     return next(model.parameters()).device
 
 
 @torch.no_grad()
 def generate_reports(
-    model: Any,
+    model: HookedMaira2 | LlavaForConditionalGeneration,
     processor: Maira2Processor,
     batch: Maira2Batch,
     *,
@@ -59,7 +60,7 @@ def generate_reports(
     decoding step. ``generate_kwargs`` go to ``generate`` (``do_sample`` defaults to ``False``, EOS
     and padding ids to the processor's). The batch is moved to the model's device.
     """
-    if fwd_hooks and not hasattr(model, "run_with_hooks"):
+    if fwd_hooks and not isinstance(model, HookedMaira2):
         raise TypeError(
             f"fwd_hooks need a HookedMaira2; got {type(model).__name__}. Wrap the model with "
             "HookedMaira2(model, tokenizer) or generate without hooks"

@@ -39,6 +39,7 @@ from sae_rad_ext.adapters.wording import (  # noqa: F401 - re-exported
     prompt_segments,
     section_text,
 )
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Maira2Processor:
 
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         image_size: int = 518,
         patch_size: int = 14,
@@ -168,7 +169,8 @@ class Maira2Processor:
         self._patch_rc = (r.to(torch.int16), c.to(torch.int16))
 
     @classmethod
-    def from_model_config(cls, config: Any, tokenizer: Any, *, check_image_token: bool = True,
+    def from_model_config(cls, config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, *,
+                          check_image_token: bool = True,
                           **kwargs: Any) -> Maira2Processor:
         """Geometry from a ``Maira2Config`` / ``LlavaConfig`` (``vision_config.image_size|patch_size``; one
         extra CLS position per image when ``vision_feature_select_strategy == "full"``), and a check that

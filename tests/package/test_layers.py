@@ -19,6 +19,7 @@ RANK: dict[str, int] = {
     "kernels": 1,
     "adapters": 2,
     "data": 2,
+    "protocols": 2,  # type seams: imports adapters and third-party types only
     "records": 3,
     "activations": 4,
     "saes": 5,
