@@ -9,8 +9,8 @@ function genuinely takes more than one kind of object are spelled here:
 - :class:`Unembedding`: weights-only feature records read just ``W_U`` and ``tokenizer``, which
   ``HookedMaira2`` and TransformerLens's ``HookedTransformer`` both have.
 
-This module sits at the adapters' layer: it imports adapters and third-party types only, so any layer
-may use it. Annotations are not enforced at run time; stand-ins in tests keep working.
+This module sits just above the adapters: it imports adapters and third-party types only, so every
+other layer may use it. Annotations are not enforced at run time; stand-ins in tests keep working.
 """
 
 from __future__ import annotations

@@ -25,10 +25,15 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from sae_rad_ext.protocols import Unembedding
 
 FORMAT_VERSION = 1
 
@@ -312,9 +317,10 @@ class InterpretationRun:
 
 
 # ---- weights-only records ---------------------------------------------------------------------
-def sae_group_sizes(sae: Any) -> list[int] | None:
+def sae_group_sizes(sae: SAE[Any]) -> list[int] | None:
     """Matryoshka group sizes of an SAE, if it has them (our cfg field, or SAELens metadata)."""
-    cfg = getattr(sae, "cfg", None)
+    cfg = sae.cfg
+    # configs differ by architecture: ours has group_sizes, others may carry widths in metadata only
     for name in ("group_sizes", "matryoshka_group_sizes"):
         v = getattr(cfg, name, None)
         if v:
@@ -328,8 +334,8 @@ def sae_group_sizes(sae: Any) -> list[int] | None:
     return None
 
 
-def _token_strings(model: Any, ids: list[int]) -> list[str]:
-    tok = getattr(model, "tokenizer", None)
+def _token_strings(model: Unembedding, ids: list[int]) -> list[str]:
+    tok = model.tokenizer
     if tok is None:
         return [f"<tok {i}>" for i in ids]
     if hasattr(tok, "convert_ids_to_tokens"):
@@ -344,8 +350,8 @@ def _token_strings(model: Any, ids: list[int]) -> list[str]:
 
 @torch.no_grad()
 def records_from_sae(
-    sae: Any,
-    model: Any = None,
+    sae: SAE[Any],
+    model: Unembedding | None = None,
     features: list[int] | None = None,
     *,
     n_logits: int = 10,
@@ -357,8 +363,8 @@ def records_from_sae(
 ) -> InterpretationRun:
     """Records filled from the SAE's weights alone (and the model's unembedding when given).
 
-    ``model`` needs ``W_U [d_model, d_vocab]`` (HookedTransformer, ``HookedMaira2``) and optionally a
-    ``tokenizer`` for token strings. ``firing_rates`` ``[d_sae]`` (e.g. ``10 ** sparsity``) fills
+    ``model`` (:class:`~sae_rad_ext.protocols.Unembedding`: ``HookedMaira2``, HookedTransformer) gives
+    ``W_U [d_model, d_vocab]`` and a ``tokenizer`` for token strings (``None``: ``"<tok i>"``). ``firing_rates`` ``[d_sae]`` (e.g. ``10 ** sparsity``) fills
     ``frac_nonzero``. ``features`` restricts to a subset of latents (default: all).
     """
     W_dec = sae.W_dec.detach().float().cpu()  # [d_sae, d_in]
@@ -417,7 +423,7 @@ def records_from_sae(
     return InterpretationRun(records, meta)
 
 
-def sae_meta(sae: Any) -> dict[str, Any]:
+def sae_meta(sae: SAE[Any]) -> dict[str, Any]:
     """Run-level facts read from an SAE's config (model, hook, d_in, d_sae, architecture, groups)."""
     cfg = sae.cfg
     md = cfg.metadata
