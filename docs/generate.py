@@ -283,8 +283,8 @@ def render_readme_headline(s: dict[str, Any]) -> str:
         lines.append(f"- steering goal met for {sum(bool(p.get('goal_met')) for p in per.values())} of "
                      f"{len(per)} findings")
     total = (s.get("timings_s") or {}).get("total")
-    lines.append(f"- whole run: {_duration(total)} on {s.get('cpu_count', '?')} CPUs "
-                 f"(details: [docs/phantom-benchmark.md](docs/phantom-benchmark.md))")
+    lines.append(f"- whole run: {_duration(total)} wall on {s.get('cpu_count', '?')} CPUs (depends on the machine "
+                 f"and its load; details: [docs/phantom-benchmark.md](docs/phantom-benchmark.md))")
     return "\n".join(lines) + "\n"
 
 

@@ -47,7 +47,7 @@ feature = res.best["pleural_effusion"].feature
 steered = steered_generate(model, proc, studies[:2], sae,
                            [Intervention(feature, "add", 4.0, positions="report")], max_new_tokens=12)
 
-# 6. export: a SAELens release folder (SAE.from_pretrained) and a static HTML dashboard
+# 6. export: a SAELens release folder and a static HTML dashboard (`sae-rad export` does both)
 release = write_release(sae, f"{OUT}/release", release="quickstart")
 site = build_site(res.run, f"{OUT}/dashboard")
 
