@@ -45,6 +45,8 @@ from sae_rad_ext.activations.extract import (
     default_processor,
 )
 from sae_rad_ext.activations.extract import describe_positions as _describe
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.study import Study
 from sae_rad_ext.util.batching import batched
@@ -132,14 +134,14 @@ def _barrier(world: int) -> None:
 # ---- main entry ------------------------------------------------------------------------------
 @torch.no_grad()
 def cache_activations(
-    model: Any,
+    model: HookedMaira2,
     studies: Callable[[], Iterable[Study]] | Iterable[Study],
     out_dir: str | Path,
     hook_name: str,
     *,
     context_size: int,
     positions: Selection = "maira2_sae_paper",
-    processor: Any = None,
+    processor: Maira2Processor | None = None,
     batch_size: int = 8,
     studies_per_shard: int = 64,
     with_report: bool = True,

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Batch, Maira2Processor
 from sae_rad_ext.adapters.roles import ImageSlot, Role, Selection, TokenRoles
 from sae_rad_ext.data.study import Study
 from sae_rad_ext.util.batching import batched
@@ -182,32 +184,17 @@ def describe_positions(positions: Selection) -> str:
     return f"callable:{getattr(positions, '__module__', '?')}.{name}"
 
 
-def default_processor(model: Any) -> Any:
-    """The model's prompt builder: ``model.processor`` if set, else ``Maira2Processor.from_model_config``."""
-    proc = getattr(model, "processor", None)
-    if proc is not None:
-        return proc
-    from sae_rad_ext.adapters.prompts import Maira2Processor
-
-    config = None
-    for attr in ("hf_config", "config"):
-        config = getattr(model, attr, None)
-        if config is not None and hasattr(config, "vision_config"):
-            break
-        config = None
-    if config is None:
-        hf = getattr(model, "hf_model", None) or getattr(model, "model", None)
-        config = getattr(hf, "config", None)
-    if config is None or getattr(model, "tokenizer", None) is None:
+def default_processor(model: HookedMaira2) -> Maira2Processor:
+    """The hooked model's prompt builder: ``Maira2Processor.from_model_config(model.model.config, model.tokenizer)``."""
+    if model.tokenizer is None:
         raise ValueError(
-            "cannot build a prompt builder for this model: it has no `processor`, no HF config with a "
-            "`vision_config` (`hf_config`/`config`/`hf_model.config`) or no `tokenizer`; pass "
-            "`processor=Maira2Processor(...)` explicitly"
+            "cannot build a prompt builder for this model: it has no tokenizer; wrap it with "
+            "HookedMaira2.from_hf(model, tokenizer) or pass `processor=Maira2Processor(...)` explicitly"
         )
-    return Maira2Processor.from_model_config(config, model.tokenizer)
+    return Maira2Processor.from_model_config(model.model.config, model.tokenizer)
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     """Device of the model's parameters (CPU for a parameterless stand-in)."""
     try:
         return next(model.parameters()).device
@@ -230,14 +217,13 @@ def batch_pad_offsets(roles: TokenRoles) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_hook(model: Any, batch: Any, hook_name: str, **model_kwargs: Any) -> torch.Tensor:
+def run_hook(model: HookedMaira2, batch: Maira2Batch, hook_name: str, **model_kwargs: Any) -> torch.Tensor:
     """``[batch, seq, d]`` activations of one hook for a prompt batch (``stop_at_layer=L+1``)."""
     dev = model_device(model)
     kwargs = dict(model_kwargs)
-    if getattr(batch, "pixel_values", None) is not None:
+    if batch.pixel_values is not None:
         kwargs["pixel_values"] = batch.pixel_values.to(dev)
-    if getattr(batch, "attention_mask", None) is not None:
-        kwargs["attention_mask"] = batch.attention_mask.to(dev)
+    kwargs["attention_mask"] = batch.attention_mask.to(dev)
     _, cache = model.run_with_cache(
         batch.input_ids.to(dev), names_filter=[hook_name], stop_at_layer=stop_layer(hook_name), **kwargs
     )
@@ -252,8 +238,8 @@ def run_hook(model: Any, batch: Any, hook_name: str, **model_kwargs: Any) -> tor
 
 
 def activations_from_batch(
-    model: Any,
-    batch: Any,
+    model: HookedMaira2,
+    batch: Maira2Batch,
     hook_name: str,
     positions: Selection = "all",
     *,
@@ -286,11 +272,11 @@ def activations_from_batch(
 
 
 def iter_activations(
-    model: Any,
+    model: HookedMaira2,
     studies: Iterable[Study],
     hook_name: str,
     *,
-    processor: Any = None,
+    processor: Maira2Processor | None = None,
     batch_size: int = 8,
     positions: Selection = "all",
     with_report: bool = True,

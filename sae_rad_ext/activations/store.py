@@ -28,6 +28,8 @@ from sae_rad_ext.activations.extract import (
     default_processor,
     model_device,
 )
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.study import Study
 from sae_rad_ext.util.batching import batched
@@ -70,7 +72,7 @@ class StudyActivationsStore(ActivationsStore):
 
     def __init__(
         self,
-        model: Any,
+        model: HookedMaira2,
         studies: StudySource,
         *,
         hook_name: str,
@@ -84,7 +86,7 @@ class StudyActivationsStore(ActivationsStore):
         device: torch.device | str = "cpu",
         dtype: str = "float32",
         positions: Selection = "all",
-        processor: Any = None,
+        processor: Maira2Processor | None = None,
         with_report: bool = True,
         task: str = "findings",
         eval_studies: StudySource | None = None,
@@ -147,7 +149,7 @@ class StudyActivationsStore(ActivationsStore):
     @classmethod
     def from_runner_config(
         cls,
-        model: Any,
+        model: HookedMaira2,
         cfg: LanguageModelSAERunnerConfig[Any],
         studies: StudySource,
         **kwargs: Any,
