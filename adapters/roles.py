@@ -172,8 +172,7 @@ PRESETS: dict[str, str] = {
     # indices corresponding to intermediate image tokens and boilerplate parts of the prompt"). Our
     # reading: the image-token positions spliced into the middle of the prompt are dropped entirely, and
     # so is the boilerplate (system sentence, requests, section headers); the study-specific prompt
-    # values and the report stay. The paper gives no finer rule; see README "Prompts, preprocessing and
-    # token roles".
+    # values and the report stay. The paper gives no finer rule; see docs/adapters-and-prompts.md.
     "maira2_sae_paper": "indication+technique+comparison+prior_report+phrase+report",
     # The same plus every image patch (for image-conditioned features on the image positions themselves).
     "maira2_sae_paper_with_images": "image+indication+technique+comparison+prior_report+phrase+report",

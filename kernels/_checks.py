@@ -129,8 +129,9 @@ def single_threaded(t: torch.Tensor | None = None):
     """Run small CPU index bookkeeping (sorts, bincounts, min/max checks) on one thread.
 
     torch's multi-threaded CPU kernels for such small tensors gain nothing and, when the cores are
-    oversubscribed, lose badly: its parallel radix sort of 65 536 int64 keys took 476 ms on 2 busy cores
-    vs 0.55 ms single-threaded; a 65 536-element ``aminmax`` ~20 ms vs microseconds.
+    oversubscribed, can be orders of magnitude slower than one thread (its parallel radix sort and
+    ``aminmax`` wait on busy worker threads). Tensors above ``_SMALL`` elements and CUDA tensors keep
+    torch's own threading.
     """
     if (t is not None and (t.device.type != "cpu" or t.numel() > _SMALL)) or torch.get_num_threads() == 1:
         yield

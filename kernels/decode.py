@@ -83,8 +83,8 @@ def sparse_decode(
         b_dec: optional ``[d_in]`` decoder bias.
         backend: ``None`` (CUDA → ``"triton"``, CPU → ``"torch"``), ``"torch"`` or ``"triton"``.
         reuse_grad_buffer: write the dense ``W_dec`` gradient into a pooled buffer when nothing else
-            references it any more (saves a fresh 256 MiB allocation per step; invisible to callers,
-            see :mod:`._grad_buffer`). ``False`` always allocates.
+            references it any more (saves a fresh ``[d_sae, d_in]`` allocation per step; invisible to
+            callers, see :mod:`._grad_buffer`). ``False`` always allocates.
 
     Returns:
         ``[N, d_in]`` in ``W_dec.dtype``. Differentiable w.r.t. ``values``, ``W_dec``, ``b_dec``.

@@ -10,7 +10,7 @@ uncertain (support devices do not count, as in CheXpert). Aggregation over menti
 positive beats uncertain beats negative.
 
 Rules, written by hand (the libraries checked — medspacy's ConText and radtext's NegBio patterns — pull
-spaCy/Java stacks or fail to install offline; see README): sentences are split into clauses at
+spaCy/Java stacks or fail to install offline; see docs/data-sources.md): sentences are split into clauses at
 contrastive words (but, however, although, which, ...); a negation or uncertainty cue before a mention
 applies within its clause (across lists: "No effusion, consolidation or pneumothorax"); cues after a
 mention ("has resolved", "cannot be excluded") apply to the mention before them; "no change in X",

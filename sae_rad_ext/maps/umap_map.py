@@ -1,7 +1,7 @@
 """UMAP projections of per-study pooled activations, coloured by finding, view and longitudinal change.
 
 Needs ``umap-learn`` (``pip install "sae-rad-ext[maps]"``); it is imported only when a projection is made
-(its numba compilation costs ~20-30 s on first use in a process).
+(numba compiles it on first use in a process, which takes a while).
 """
 
 from __future__ import annotations
