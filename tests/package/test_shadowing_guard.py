@@ -13,12 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bare_names_are_empty_and_the_package_names_work() -> None:
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "import adapters, kernels\n"
         "import sae_rad_ext.adapters as A, sae_rad_ext.kernels as K\n"
         "print(adapters.__all__, kernels.__all__, hasattr(adapters, 'HookedMaira2'), hasattr(kernels, 'sparse_decode'))\n"
         "print('HookedMaira2' in A.__all__, 'sparse_decode' in K.__all__)\n"
-    ) % str(ROOT)
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split("\n")[:2] == ["[] [] False False", "True True"]
