@@ -29,7 +29,7 @@ from sae_rad_ext.activations.extract import (
     model_device,
 )
 from sae_rad_ext.adapters.hooked import HookedMaira2
-from sae_rad_ext.adapters.prompts import Maira2Processor
+from sae_rad_ext.adapters.prompts import Maira2Batch, Maira2Processor
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.study import Study
 from sae_rad_ext.util.batching import batched
@@ -138,7 +138,7 @@ class StudyActivationsStore(ActivationsStore):
         self.n_epochs = 0
         self._train_iter: Iterator[list[Study]] | None = None
         self._eval_iter: Iterator[list[Study]] | None = None
-        self._eval_batches: dict[int, Any] = {}
+        self._eval_batches: dict[int, tuple[torch.Tensor, Maira2Batch]] = {}
         self.on_progress: ProgressCallback | None = None
         """Optional progress callback: stage ``"llm"`` counts positions the model produced, ``"train"``
         activations served to the trainer (both cumulative, no totals)."""
@@ -275,7 +275,7 @@ class StudyActivationsStore(ActivationsStore):
         self._eval_batches = {id(tokens): (tokens, batch)}  # only the latest batch is kept
         return tokens
 
-    def eval_batch_for(self, tokens: torch.Tensor) -> Any:
+    def eval_batch_for(self, tokens: torch.Tensor) -> Maira2Batch:
         entry = self._eval_batches.get(id(tokens))
         if entry is None or entry[0] is not tokens:
             raise ValueError(

@@ -13,7 +13,12 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sae_lens import LanguageModelSAERunnerConfig
+
+    from sae_rad_ext.adapters.hooked import HookedMaira2
 
 SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
     "model": {
@@ -186,7 +191,7 @@ def build_eval_studies(sec: dict[str, Any]) -> Callable[[], Iterable[Any]] | Non
     return _studies_from(sec["eval_phantom"], sec["eval_source"], sec["reader"] or {}, None)[0]
 
 
-def build_runner_config(cfg: dict[str, Any], model: Any) -> Any:
+def build_runner_config(cfg: dict[str, Any], model: HookedMaira2) -> LanguageModelSAERunnerConfig[Any]:
     """``LanguageModelSAERunnerConfig`` from the runner section (``sae.d_in`` defaults to the model width,
     ``hook_name`` to ``blocks.{min(15, n_layers-1)}.hook_resid_post``)."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig

@@ -29,6 +29,8 @@ from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 
 from sae_rad_ext.activations.extract import RoleNormStats, describe_positions, model_device
 from sae_rad_ext.activations.store import EVAL_MASK_TOKEN, StudyActivationsStore, StudySource
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.util.batching import batched
 
@@ -98,20 +100,20 @@ class StudyBatchModel:
     ``[batch, seq-1]`` as in TransformerLens.
     """
 
-    def __init__(self, model: Any, store: StudyActivationsStore) -> None:
+    def __init__(self, model: HookedMaira2, store: StudyActivationsStore) -> None:
         self.model = model
         self.store = store
-        self.tokenizer = getattr(model, "tokenizer", None)
-        self.cfg = getattr(model, "cfg", None)
+        # a run on cached activations may pass a model-less placeholder (any HookedRootModule)
+        hooked = isinstance(model, HookedMaira2)
+        self.tokenizer = model.tokenizer if hooked else None
+        self.cfg = model.cfg if hooked else None
 
     def _inputs(self, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = self.store.eval_batch_for(tokens)
         dev = model_device(self.model)
-        kw: dict[str, Any] = {}
-        if getattr(batch, "pixel_values", None) is not None:
+        kw: dict[str, Any] = {"attention_mask": batch.attention_mask.to(dev)}
+        if batch.pixel_values is not None:
             kw["pixel_values"] = batch.pixel_values.to(dev)
-        if getattr(batch, "attention_mask", None) is not None:
-            kw["attention_mask"] = batch.attention_mask.to(dev)
         return batch.input_ids.to(dev), kw
 
     @staticmethod
@@ -153,11 +155,11 @@ class StudySAETrainingRunner(LanguageModelSAETrainingRunner):
     def __init__(
         self,
         cfg: LanguageModelSAERunnerConfig[Any],
-        model: Any,
+        model: HookedMaira2,
         studies: StudySource,
         *,
         positions: Selection = "maira2_sae_paper",
-        processor: Any = None,
+        processor: Maira2Processor | None = None,
         with_report: bool = True,
         eval_studies: StudySource | None = None,
         override_sae: TrainingSAE[Any] | None = None,
@@ -250,11 +252,11 @@ class StudySAETrainingRunner(LanguageModelSAETrainingRunner):
 
 def make_runner(
     cfg: LanguageModelSAERunnerConfig[Any],
-    model: Any,
+    model: HookedMaira2,
     studies: StudySource,
     *,
     positions: Selection = "maira2_sae_paper",
-    processor: Any = None,
+    processor: Maira2Processor | None = None,
     with_report: bool = True,
     eval_studies: StudySource | None = None,
     override_sae: TrainingSAE[Any] | None = None,
@@ -272,7 +274,7 @@ def make_runner(
     ``optimizer="fused_adam"`` (default) runs SAELens's Adam with ``fused=True`` (same update, ~6× less
     optimizer time on CPU, :func:`use_fused_adam`); ``"stock"`` keeps the trainer's own Adam.
     """
-    name = model_name or getattr(getattr(model, "cfg", None), "model_name", None)
+    name = model_name or (model.cfg.model_name if isinstance(model, HookedMaira2) else None)
     if name and cfg.model_name == LanguageModelSAERunnerConfig.model_name:
         cfg.model_name = name
     cfg.model_class_name = type(model).__name__
