@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_rad_ext.interpret.concepts import AlignmentTable
 from sae_rad_ext.interpret.confidence import Confidence
@@ -19,6 +19,11 @@ from sae_rad_ext.records import (
     records_from_sae,
 )
 from sae_rad_ext.util.files import atomic_open
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from sae_rad_ext.protocols import Unembedding
 
 __all__ = ["build_records", "features_table", "quantile_groups"]
 
@@ -48,8 +53,8 @@ def quantile_groups(
 
 
 def build_records(
-    sae: Any,
-    model: Any,
+    sae: SAE[Any],
+    model: Unembedding | None,
     stats: FeatureStats,
     table: AlignmentTable,
     conf: dict[int, Confidence],
@@ -62,10 +67,8 @@ def build_records(
     """One record per SAE latent: statistics for all, examples / explanations / concepts for ``feats``;
     weights-only fields (decoder norms, logits when ``model`` has ``W_U``, neighbours) from the SAE."""
     try:
-        base = records_from_sae(
-            sae, model if getattr(model, "W_U", None) is not None else None, with_vectors=True
-        )
-    except ValueError:
+        base = records_from_sae(sae, model, with_vectors=True)
+    except ValueError:  # the model has no W_U, or one whose width is not the SAE's d_in: no logits
         base = records_from_sae(sae, None, with_vectors=True)
     frac, mean, fire = stats.frac_nonzero, stats.mean_activation, stats.fire_count
     chosen = set(feats)
