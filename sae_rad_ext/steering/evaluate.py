@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import torch
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.labels import binarize, label_report, split_sentences
 from sae_rad_ext.data.study import FINDINGS
 from sae_rad_ext.steering.steer import SweepResult
@@ -50,7 +52,12 @@ def report_parses(text: str, labeler: Labeler = label_report) -> bool:
 
 @torch.no_grad()
 def report_token_loss(
-    model: Any, processor: Any, studies: Sequence[Any], reports: Sequence[str], *, batch_size: int = 16
+    model: HookedMaira2,
+    processor: Maira2Processor,
+    studies: Sequence[Any],
+    reports: Sequence[str],
+    *,
+    batch_size: int = 16,
 ) -> list[float]:
     """Mean next-token loss (nats) of ``model`` (run without hooks) on each report after its prompt."""
     if len(reports) != len(studies):
@@ -218,8 +225,8 @@ def evaluate_control(
     goal: Literal["on", "off"] = "on",
     labeler: Labeler = label_report,
     findings: Sequence[str] = FINDINGS,
-    model: Any = None,
-    processor: Any = None,
+    model: HookedMaira2 | None = None,
+    processor: Maira2Processor | None = None,
     studies: Sequence[Any] | None = None,
     batch_size: int = 16,
 ) -> ControlEval:

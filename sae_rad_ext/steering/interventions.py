@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from sae_lens import SAE
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
 from sae_rad_ext.adapters.roles import Role, Selection, TokenRoles
 from sae_rad_ext.kernels import clamp as clamp_kernel
 from sae_rad_ext.kernels import steer as steer_kernel
@@ -100,10 +102,9 @@ class Intervention:
         return torch.as_tensor([f] if isinstance(f, int) else list(f), dtype=torch.long)
 
 
-def sae_hook_name(sae: Any) -> str:
+def sae_hook_name(sae: SAE[Any]) -> str:
     """The hook an SAELens SAE reads (``cfg.metadata.hook_name``); raises if it is not recorded."""
-    md = getattr(getattr(sae, "cfg", None), "metadata", None)
-    name = getattr(md, "hook_name", None)
+    name = sae.cfg.metadata.hook_name  # SAELens metadata: a missing key reads as None
     if not name:
         raise ValueError(
             "the SAE's cfg.metadata has no hook_name; pass Intervention(hook_name=...) explicitly"
@@ -119,7 +120,7 @@ class SaeView:
     chosen columns taken (correct, ``O(N·d·d_sae)``).
     """
 
-    def __init__(self, sae: Any, device: torch.device | str, dtype: torch.dtype) -> None:
+    def __init__(self, sae: SAE[Any], device: torch.device | str, dtype: torch.dtype) -> None:
         cfg = sae.cfg
         norm = getattr(cfg, "normalize_activations", "none")
         if norm in (
@@ -141,7 +142,7 @@ class SaeView:
         self.b_enc = sae.b_enc.detach().to(**kw)  # [d_sae]
         self.W_dec = sae.W_dec.detach().to(**kw)  # [d_sae, d_in]
         self.b_dec_in = sae.b_dec.detach().to(**kw) if getattr(cfg, "apply_b_dec_to_input", False) else None
-        thr = getattr(sae, "threshold", None)
+        thr = getattr(sae, "threshold", None)  # JumpReLU-style architectures only (not on the SAE base class)
         self.threshold = thr.detach().to(**kw) if isinstance(thr, torch.Tensor) else None
         self.d_in, self.d_sae = int(self.W_enc.shape[0]), int(self.W_enc.shape[1])
 
@@ -279,8 +280,8 @@ def _make_edit(
 
 
 def intervention_hooks(
-    model: Any,
-    sae: Any | None,
+    model: HookedMaira2,
+    sae: SAE[Any] | None,
     interventions: Sequence[Intervention],
     roles: TokenRoles,
     prompt_len: int,
