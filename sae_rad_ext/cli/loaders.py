@@ -117,7 +117,7 @@ def load_model_for_command(spec: str, device: str = "cpu", *, seed: int = 0) -> 
     return model.to(device)
 
 
-def check_sae_fits_model(sae: Any, model: HookedMaira2, option: str = "--model") -> None:
+def check_sae_fits_model(sae: SAE[Any], model: HookedMaira2, option: str = "--model") -> None:
     """Raise :class:`~sae_rad_ext.errors.ConfigMismatchError` unless the SAE's ``d_in`` is the model's
     residual width ``d_model``."""
     d_in, d_model = int(sae.cfg.d_in), int(model.cfg.d_model)

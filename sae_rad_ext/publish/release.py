@@ -20,10 +20,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
+
+from sae_rad_ext.saes.matryoshka import RadMatryoshkaSAE
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 LOCAL_LOADER = "sae_rad_ext_local"
 """Name of the loader registered in SAELens's ``NAMED_PRETRAINED_SAE_LOADERS`` for local folders."""
@@ -43,13 +48,13 @@ class ReleaseSAE:
     """The ``saes:`` entry for this SAE in ``pretrained_saes.yaml``."""
 
 
-def _default_sae_id(sae: Any) -> str:
-    hook = sae.cfg.metadata.get("hook_name") if hasattr(sae.cfg.metadata, "get") else None
+def _default_sae_id(sae: SAE[Any]) -> str:
+    hook = sae.cfg.metadata.hook_name  # SAELens metadata: a missing key reads as None
     return f"{hook or 'sae'}__{sae.cfg.d_sae}"
 
 
 def write_release(
-    sae: Any,
+    sae: SAE[Any],
     out_dir: str | Path,
     *,
     release: str,
@@ -147,7 +152,7 @@ def write_release(
 
 
 @torch.no_grad()
-def sae_metrics(sae: Any, x: torch.Tensor) -> tuple[dict[str, float], list[dict[str, float]]]:
+def sae_metrics(sae: SAE[Any], x: torch.Tensor) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Explained variance, L0 and MSE of ``sae`` on activations ``x [..., d_in]``; per level too when the
     SAE has Matryoshka ``level_metrics``. Returns ``(metrics, level_metrics)``."""
     x = torch.as_tensor(x).to(device=sae.W_dec.device, dtype=sae.W_dec.dtype).reshape(-1, sae.cfg.d_in)
@@ -164,7 +169,7 @@ def sae_metrics(sae: Any, x: torch.Tensor) -> tuple[dict[str, float], list[dict[
         "n_eval_tokens": int(x.shape[0]),
     }
     levels: list[dict[str, float]] = []
-    if hasattr(sae, "level_metrics"):
+    if isinstance(sae, RadMatryoshkaSAE):  # per-level metrics: the Matryoshka SAE only
         lm = sae.level_metrics(x)
         for i, end in enumerate(lm.level_ends):
             levels.append(
