@@ -32,6 +32,7 @@ from sae_rad_ext.data.study import FINDINGS
 from sae_rad_ext.evaluation.splits import holdout_mask
 from sae_rad_ext.maps.common import study_targets
 from sae_rad_ext.maps.knowledge_maps import MapConfig, build_knowledge_maps, write_json
+from sae_rad_ext.util.progress import ProgressEvent
 
 
 def train_sae(hooked, proc, train, layer: int, out: Path, tokens: int, seed: int) -> Path:
@@ -117,10 +118,12 @@ def main() -> None:
         seed=0,
     )
     t0 = time.perf_counter()
+    started: set[str] = set()
 
-    def progress(stage: str, total: int):
-        print(f"[{time.perf_counter() - t0:7.1f}s] {stage}: {total} units", flush=True)
-        return lambda k=1: None
+    def progress(e: ProgressEvent) -> None:  # one line as each stage starts
+        if e.stage not in started:
+            started.add(e.stage)
+            print(f"[{time.perf_counter() - t0:7.1f}s] {e.stage}: {e.total} units", flush=True)
 
     maps = build_knowledge_maps(hooked, studies, out, cfg, processor=proc, progress=progress)
     print(maps.recommendation.summary())

@@ -62,8 +62,10 @@ def interpret_cmd(
     llm_timeout: float = typer.Option(60.0, "--llm-timeout"),
     no_heatmaps: bool = typer.Option(False, "--no-heatmaps", help="Skip heatmap PNGs (patch maps are kept)."),
     device: str = typer.Option("cpu", "--device"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     from sae_rad_ext.interpret.run import InterpretConfig, interpret
+    from sae_rad_ext.util.progress import RichProgress
 
     names = tuple(s.strip() for s in scorers.split(",") if s.strip())
     bad = [s for s in names if s not in ("detection", "fuzzing", "embedding", "llm")]
@@ -100,16 +102,17 @@ def interpret_cmd(
         heatmaps=not no_heatmaps,
     )
     key = json.dumps([studies, split, max_studies, model])
-    res = interpret(
-        hooked,
-        sae_model,
-        studies_for_command(studies, split=split, limit=max_studies),
-        out,
-        cfg,
-        llm_client=client,
-        studies_key=key,
-        progress=True,
-    )
+    with RichProgress(enabled=not quiet) as bar:
+        res = interpret(
+            hooked,
+            sae_model,
+            studies_for_command(studies, split=split, limit=max_studies),
+            out,
+            cfg,
+            llm_client=client,
+            studies_key=key,
+            progress=bar,
+        )
     typer.echo(
         f"interpretation run: {out} ({len(res.explanations)} features explained; "
         f"{len(res.stats.dead_features())} dead of {res.stats.d_sae})"

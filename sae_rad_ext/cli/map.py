@@ -85,9 +85,9 @@ def map_command(
     """Map where findings live in the model (issue 9) and recommend a layer for an SAE."""
     import torch
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sae_rad_ext.maps.knowledge_maps import TECHNIQUES, MapConfig, build_knowledge_maps
+    from sae_rad_ext.util.progress import RichProgress
 
     console = Console()
     tech = [t.strip() for t in techniques.split(",") if t.strip()]
@@ -127,19 +127,8 @@ def map_command(
         f"[bold]sae-rad map[/]: {len(data)} studies, model {hooked.cfg.model_name} "
         f"({hooked.cfg.n_layers} layers), techniques {', '.join(tech)}"
     )
-    with Progress(
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bars:
-
-        def progress(stage: str, total: int):
-            task = bars.add_task(stage, total=total)
-            return lambda k=1: bars.advance(task, k)
-
-        maps = build_knowledge_maps(hooked, data, out, cfg, progress=progress)
+    with RichProgress(console=console, description_width=12) as bars:
+        maps = build_knowledge_maps(hooked, data, out, cfg, progress=bars)
     console.print(maps.recommendation.summary())
     console.print(
         f"wrote {out / 'knowledge_maps.json'} and {len(maps.files) - 1} plot(s): {', '.join(maps.files)}"

@@ -69,13 +69,13 @@ def steer(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     import torch
-    from rich.progress import Progress
 
     from sae_rad_ext.adapters import Maira2Processor
     from sae_rad_ext.data.study import FINDINGS
     from sae_rad_ext.steering.evaluate import evaluate_control
     from sae_rad_ext.steering.steer import strength_sweep
     from sae_rad_ext.util.files import atomic_write
+    from sae_rad_ext.util.progress import RichProgress
 
     if unit not in ("absolute", "max_act"):
         raise typer.BadParameter(f"--unit must be absolute or max_act, got {unit!r}", param_hint="--unit")
@@ -98,9 +98,8 @@ def steer(
     items = list(studies_for_command(studies, split=split, limit=max_studies)())
     if not items:
         raise BadInputError(f"--studies {studies}: the source yielded no studies; check its path and --split")
-    n_runs = 1 + sum(1 for c in coefficients if c != 0 or clamp) * (1 if no_random or clamp else 2)
-    with Progress() as bar, torch.no_grad():
-        task = bar.add_task("generating", total=n_runs * len(items))
+    with RichProgress() as bar, torch.no_grad():
+        bar.add("strength sweep", "generating")
         sweep = strength_sweep(
             model,
             proc,
@@ -115,7 +114,7 @@ def steer(
             seed=seed,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
-            tick=lambda n: bar.advance(task, n),
+            progress=bar,
         )
     out.mkdir(parents=True, exist_ok=True)
     lines = [

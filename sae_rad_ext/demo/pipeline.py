@@ -21,11 +21,11 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,12 @@ from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.demo.sae import evaluate_demo_sae, train_demo_sae
 from sae_rad_ext.demo.tiny_training import TinyModelConfig
 from sae_rad_ext.util.files import write_json, write_jsonl
+from sae_rad_ext.util.progress import RichProgress, Ticker, prefixed
+
+if TYPE_CHECKING:
+    from sae_rad_ext.adapters.hooked import HookedMaira2
+    from sae_rad_ext.adapters.maira2 import Maira2ForConditionalGeneration
+    from sae_rad_ext.adapters.prompts import Maira2Processor
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -119,34 +125,14 @@ class DemoConfig:
 
 
 class _Ui:
-    """Rich progress bars + stage timings (falls back to plain prints without a terminal)."""
+    """The demo's display: one :class:`RichProgress` (``bars``, the progress callback every stage's library
+    calls get), stage timings and skip records."""
 
     def __init__(self, console: Any = None) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = console or Console()
-        self.progress = Progress(
-            TextColumn("[bold]{task.description:<28}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=False,
-        )
+        self.bars = RichProgress(console=console)
+        self.console = self.bars.console
         self.timings: dict[str, float] = {}
         self.skipped: dict[str, str] = {}
-
-    def bar(self, name: str, total: int | None) -> Callable[..., None]:
-        task = self.progress.add_task(name, total=total, info="")
-
-        def tick(n: int = 1, info: str = "", total: int | None = None) -> None:
-            if total is not None:
-                self.progress.update(task, total=total)
-            self.progress.update(task, advance=n, info=info)
-
-        return tick
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -159,19 +145,6 @@ class _Ui:
     def skip(self, name: str, reason: str) -> None:
         self.skipped[name] = reason
         self.console.print(f"[yellow]skipped stage {name!r}: {reason}")
-
-
-class _Tick:
-    """A progress callback that ``datasets`` can fingerprint (it pickles the generator's closure)."""
-
-    def __init__(self, fn: Callable[..., None]) -> None:
-        self.fn = fn
-
-    def __call__(self, n: int = 1) -> None:
-        self.fn(n)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
 
 
 # ---- stages -------------------------------------------------------------------------------------
@@ -189,11 +162,11 @@ def _data(cfg: DemoConfig, ui: _Ui) -> dict[str, list[Study]]:
             cfg.seed,
             workers=cfg.workers,
             overwrite=True,
-            progress=_Tick(ui.bar("render phantoms", cfg.n_studies)),
+            progress=ui.bars,
             **cfg.phantom_options,
         )
     splits: dict[str, list[Study]] = {"train": [], "validate": [], "test": []}
-    tick = ui.bar("load studies", cfg.n_studies)
+    tick = Ticker(ui.bars, "load studies", cfg.n_studies)
     for s in load_phantom_dataset(root):
         splits[s.metadata["split"]].append(s)
         tick(1)
@@ -212,19 +185,12 @@ def _model(cfg: DemoConfig, ui: _Ui, splits: dict[str, list[Study]]) -> dict[str
         seed=cfg.seed,
         data={"phantom": {"seed": cfg.seed, "n": cfg.n_studies, **cfg.phantom_options}, "split": "train"},
     )
-    bars: dict[str, Callable[..., None]] = {}
-
-    def progress(stage: str, done: int, total: int, m: dict[str, float]) -> None:
-        if stage not in bars:
-            bars[stage] = ui.bar(f"train model: {stage}", total)
-        bars[stage](1, f"loss {m['loss']:.3f}")
-
     res = cached_tiny_maira2(
         mcfg,
         splits["train"],
         val=splits["validate"],
         cache_dir=cfg.cache_dir,
-        progress=progress,
+        progress=prefixed(ui.bars, "train model"),
         retrain=cfg.retrain,
     )
     dst = cfg.out / "model"
@@ -236,7 +202,7 @@ def _model(cfg: DemoConfig, ui: _Ui, splits: dict[str, list[Study]]) -> dict[str
     return {"path": str(dst), "cache_path": str(res.path), "trained_now": res.trained, "training": res.info}
 
 
-def _load_model(cfg: DemoConfig) -> tuple[Any, Any, Any]:
+def _load_model(cfg: DemoConfig) -> tuple[Maira2ForConditionalGeneration, HookedMaira2, Maira2Processor]:
     from sae_rad_ext.adapters.hooked import HookedMaira2
     from sae_rad_ext.adapters.loading import load_maira2
     from sae_rad_ext.adapters.prompts import Maira2Processor
@@ -247,12 +213,13 @@ def _load_model(cfg: DemoConfig) -> tuple[Any, Any, Any]:
     return model, hooked, proc
 
 
-def _reports(cfg: DemoConfig, ui: _Ui, model: Any, proc: Any, test: list[Study]) -> dict[str, Any]:
+def _reports(
+    cfg: DemoConfig, ui: _Ui, model: Maira2ForConditionalGeneration, proc: Maira2Processor, test: list[Study]
+) -> dict[str, Any]:
     from sae_rad_ext.evaluation.phantom_benchmark import evaluate_reports, generate_reports
 
     studies = test[: cfg.n_report_eval]
-    tick = ui.bar("generate test reports", len(studies))
-    texts = generate_reports(model, proc, studies, max_new_tokens=cfg.max_new_tokens, tick=tick)
+    texts = generate_reports(model, proc, studies, max_new_tokens=cfg.max_new_tokens, progress=ui.bars)
     ev = evaluate_reports(texts, studies)
     path = cfg.out / "reports" / "generated_test_reports.jsonl"
     write_jsonl(
@@ -271,18 +238,16 @@ def _reports(cfg: DemoConfig, ui: _Ui, model: Any, proc: Any, test: list[Study])
 
 
 def _layers(
-    cfg: DemoConfig, ui: _Ui, hooked: Any, proc: Any, splits: dict[str, list[Study]]
+    cfg: DemoConfig, ui: _Ui, hooked: HookedMaira2, proc: Maira2Processor, splits: dict[str, list[Study]]
 ) -> dict[str, Any]:
     from sae_rad_ext.evaluation.phantom_benchmark import image_token_activations, probe_layers, study_truth
 
     tr, te = splits["train"][: cfg.n_probe_train], splits["test"]
     studies = tr + te
     layers = list(range(hooked.cfg.n_layers))
-    tick = ui.bar("image-token activations", len(studies))
-    acts = image_token_activations(hooked, proc, studies, layers, tick=tick)
+    acts = image_token_activations(hooked, proc, studies, layers, progress=ui.bars)
     y = study_truth(studies)
     tr_idx, te_idx = np.arange(len(tr)), np.arange(len(tr), len(studies))
-    tick = ui.bar("probes + quick SAEs per layer", len(layers))
     return probe_layers(
         acts,
         y,
@@ -292,7 +257,7 @@ def _layers(
         seed=cfg.seed,
         d_sae=min(512, cfg.d_sae),
         k=cfg.k,
-        tick=lambda: tick(1),
+        progress=ui.bars,
     )
 
 
@@ -310,7 +275,7 @@ def run_demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
-    with ui.progress:
+    with ui.bars:
         with ui.stage("data"):
             splits = _data(cfg, ui)
         summary["data"] = {
@@ -327,9 +292,11 @@ def run_demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
         with ui.stage("layers"):
             summary["layers"] = _layers(cfg, ui, hooked, proc, splits)
         with ui.stage("sae"):
-            sae_dir = train_demo_sae(cfg, ui, hooked, proc, splits, layer)
+            sae_dir = train_demo_sae(cfg, hooked, proc, splits, layer, progress=ui.bars)
         with ui.stage("sae_eval"):
-            summary["sae"], sae, x_test = evaluate_demo_sae(cfg, ui, hooked, proc, splits, sae_dir, layer)
+            summary["sae"], sae, x_test = evaluate_demo_sae(
+                cfg, hooked, proc, splits, sae_dir, layer, progress=ui.bars
+            )
         ctx = demo_stages.StageContext(
             cfg=cfg,
             ui=ui,

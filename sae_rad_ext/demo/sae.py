@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sae_rad_ext.data.study import Study
-from sae_rad_ext.util.progress import ProgressEvent
+from sae_rad_ext.util.progress import ProgressCallback, ProgressEvent, Ticker, sae_lens_tqdm
+
+if TYPE_CHECKING:
+    from sae_rad_ext.adapters.hooked import HookedMaira2
+    from sae_rad_ext.adapters.prompts import Maira2Processor
 
 __all__ = ["demo_runner_config", "evaluate_demo_sae", "train_demo_sae"]
 
@@ -65,8 +69,17 @@ def demo_runner_config(
 
 
 def train_demo_sae(
-    cfg: Any, ui: Any, hooked: Any, proc: Any, splits: dict[str, list[Study]], layer: int
+    cfg: Any,
+    hooked: HookedMaira2,
+    proc: Maira2Processor,
+    splits: dict[str, list[Study]],
+    layer: int,
+    *,
+    progress: ProgressCallback | None = None,
 ) -> Path:
+    """Train the demo's SAE (:func:`demo_runner_config`) on the train split through SAELens's runner into
+    ``cfg.out / "sae"``. ``progress``: stage ``"SAE blocks.<layer> (SAELens runner)"`` counts training
+    tokens served (total ``cfg.sae_training_tokens``); SAELens's own tqdm bars are silenced."""
     from sae_rad_ext.training.runner import make_runner
 
     out = cfg.out / "sae"
@@ -82,29 +95,32 @@ def train_demo_sae(
         eval_studies=splits["validate"] or splits["test"],
         data_description=f"phantom:n={cfg.n_studies},seed={cfg.seed},split=train",
     )
-    tick = ui.bar(f"SAE blocks.{layer} (SAELens runner)", cfg.sae_training_tokens)
-    served = [0]
+    stage = f"SAE blocks.{layer} (SAELens runner)"
 
     def on_progress(e: ProgressEvent) -> None:
-        if e.stage == "train":
-            tick(e.done - served[0])
-            served[0] = e.done
+        if e.stage == "train" and progress is not None:
+            progress(ProgressEvent(stage, e.done, cfg.sae_training_tokens))
 
     runner.activations_store.on_progress = on_progress
     torch.manual_seed(cfg.seed)
-    runner.run()
+    with sae_lens_tqdm(None):  # SAELens's own bars draw nothing; the store's events above show progress
+        runner.run()
     return out
 
 
 def evaluate_demo_sae(
     cfg: Any,
-    ui: Any,
-    hooked: Any,
-    proc: Any,
+    hooked: HookedMaira2,
+    proc: Maira2Processor,
     splits: dict[str, list[Study]],
     sae_dir: Path,
     layer: int,
+    *,
+    progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, Any], Any, torch.Tensor]:
+    """Explained variance / L0 per Matryoshka level on test activations and the best latent per finding;
+    returns ``(summary section, SAE, test activations)``. ``progress``: stage ``"SAE eval activations"``
+    counts studies."""
     from sae_lens import SAE
 
     from sae_rad_ext.activations.extract import iter_activations
@@ -114,7 +130,7 @@ def evaluate_demo_sae(
     sae = SAE.load_from_disk(str(sae_dir), device=cfg.device)
     hook = f"blocks.{layer}.hook_resid_post"
     tr, te = splits["train"][: cfg.n_probe_train], splits["test"]
-    tick = ui.bar("SAE eval activations", len(tr) + len(te))
+    tick = Ticker(progress, "SAE eval activations", len(tr) + len(te))
     rows: dict[str, list[Any]] = {"train": [], "test": []}
     for name, studies in (("train", tr), ("test", te)):
         for b in iter_activations(

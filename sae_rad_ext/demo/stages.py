@@ -10,11 +10,18 @@ import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.util.progress import prefixed
+
+if TYPE_CHECKING:
+    from sae_rad_ext.adapters.hooked import HookedMaira2
+    from sae_rad_ext.adapters.maira2 import Maira2ForConditionalGeneration
+    from sae_rad_ext.adapters.prompts import Maira2Processor
+    from sae_rad_ext.saes.matryoshka import RadMatryoshkaSAE
 
 __all__ = ["StageContext", "print_summary", "run_later_stages"]
 
@@ -26,16 +33,17 @@ class StageContext:
     cfg: Any
     """The :class:`~sae_rad_ext.demo.pipeline.DemoConfig`."""
     ui: Any
-    """Progress bars, stage timings, skip records."""
-    model: Any
+    """The pipeline's display: ``ui.bars`` (a :class:`~sae_rad_ext.util.progress.RichProgress`, the
+    progress callback), stage timings, skip records."""
+    model: Maira2ForConditionalGeneration
     """The HF ``Maira2ForConditionalGeneration`` (eval mode)."""
-    hooked: Any
+    hooked: HookedMaira2
     """``HookedMaira2`` over ``model``."""
-    processor: Any
+    processor: Maira2Processor
     """``Maira2Processor`` with the model's tokenizer."""
     splits: dict[str, list[Study]]
     """Phantom studies by split (``train`` / ``validate`` / ``test``)."""
-    sae: Any
+    sae: RadMatryoshkaSAE
     """The trained Matryoshka SAE (inference class, loaded from ``sae_dir``)."""
     sae_dir: Path
     layer: int
@@ -110,7 +118,13 @@ def _interpretation(ctx: StageContext) -> dict[str, Any]:
         holdout_fraction=0.5,
     )
     res = interpret(
-        ctx.hooked, ctx.sae, studies, ctx.cfg.out / "interpret", icfg, processor=ctx.processor, progress=True
+        ctx.hooked,
+        ctx.sae,
+        studies,
+        ctx.cfg.out / "interpret",
+        icfg,
+        processor=ctx.processor,
+        progress=prefixed(ctx.ui.bars, "interpret"),
     )
     ctx.summary["_interpretation_run"] = res.run
     best = {
@@ -155,6 +169,7 @@ def _steering(ctx: StageContext) -> dict[str, Any]:
         batch_size=16,
         seed=ctx.cfg.seed,
         out=ctx.cfg.out / "steering",
+        progress=prefixed(ctx.ui.bars, "steering"),
     )
     out = bench.summary()
     out["table"] = [
@@ -191,14 +206,13 @@ def _knowledge_maps(ctx: StageContext) -> dict[str, Any]:
         seed=ctx.cfg.seed,
     )
     studies = ctx.splits["validate"] + ctx.splits["test"]
-    bars: dict[str, Any] = {}
-
-    def progress(stage: str, total: int) -> Any:
-        bars[stage] = ctx.ui.bar(f"knowledge map: {stage}", total)
-        return lambda k=1: bars[stage](k)
-
     maps = build_knowledge_maps(
-        ctx.hooked, studies, ctx.cfg.out / "knowledge_maps", mcfg, processor=ctx.processor, progress=progress
+        ctx.hooked,
+        studies,
+        ctx.cfg.out / "knowledge_maps",
+        mcfg,
+        processor=ctx.processor,
+        progress=prefixed(ctx.ui.bars, "knowledge map"),
     )
     rec = asdict(maps.recommendation)
     return {

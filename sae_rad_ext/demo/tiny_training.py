@@ -44,6 +44,7 @@ from sae_rad_ext.adapters.loading import save_maira2_original
 from sae_rad_ext.adapters.maira2 import Maira2ForConditionalGeneration
 from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = [
     "TRAINING_CODE_VERSION",
@@ -58,10 +59,6 @@ __all__ = [
 
 TRAINING_CODE_VERSION = "2"
 """Bump when the training code changes what a config produces (invalidates cached models)."""
-
-Progress = Callable[[str, int, int, dict[str, float]], None]
-"""``progress(stage, done, total, metrics)``, called after each optimisation step."""
-
 
 @dataclass(frozen=True)
 class TinyModelConfig:
@@ -189,9 +186,10 @@ def pretrain_vision(
     train: Sequence[Study],
     val: Sequence[Study],
     cfg: TinyModelConfig,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Stage 1: train vision tower + projector on per-patch and per-study finding targets."""
+    """Stage 1: train vision tower + projector on per-patch and per-study finding targets.
+    ``progress``: stage ``"vision"`` counts optimisation steps, with ``metrics={"loss": …}``."""
     grid = cfg.image_size // cfg.patch_size
     d = model.config.text_config.hidden_size
     torch.manual_seed(cfg.seed)
@@ -216,6 +214,7 @@ def pretrain_vision(
     batches = _batches(len(train), cfg.vision_batch, cfg.vision_epochs, cfg.seed)
     model.train()
     losses = []
+    tick = Ticker(progress, "vision", len(batches))
     for step, idx in enumerate(batches):
         _cosine_lr(opt, cfg.vision_lr, step, len(batches))
         feats = _image_features(model, px[idx])
@@ -227,8 +226,7 @@ def pretrain_vision(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.item())
-        if progress:
-            progress("vision", step + 1, len(batches), {"loss": losses[-1]})
+        tick(1, loss=losses[-1])
     model.eval()
     return {
         "steps": len(batches),
@@ -264,9 +262,10 @@ def train_reports(
     proc: Maira2Processor,
     train: Sequence[Study],
     cfg: TinyModelConfig,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Stage 2: teacher-forced report training of the language model with the vision path frozen."""
+    """Stage 2: teacher-forced report training of the language model with the vision path frozen.
+    ``progress``: stage ``"reports"`` counts optimisation steps, with ``metrics={"loss": …}``."""
     with torch.no_grad():
         feats = torch.cat(
             [_image_features(model, _pixels(proc, train[i : i + 128])) for i in range(0, len(train), 128)]
@@ -278,6 +277,7 @@ def train_reports(
     img_id = model.config.image_token_index
     lm.train()
     losses = []
+    tick = Ticker(progress, "reports", len(batches))
     for step, idx in enumerate(batches):
         _cosine_lr(opt, cfg.lm_lr, step, len(batches))
         b = proc.build([train[i] for i in idx], with_report=True)
@@ -292,8 +292,7 @@ def train_reports(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.item())
-        if progress:
-            progress("reports", step + 1, len(batches), {"loss": losses[-1]})
+        tick(1, loss=losses[-1])
     lm.eval()
     return {"steps": len(batches), "loss_first": losses[0], "loss_last": float(np.mean(losses[-5:]))}
 
@@ -304,9 +303,10 @@ def train_tiny_maira2(
     cfg: TinyModelConfig,
     out: str | Path,
     val: Sequence[Study] = (),
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> TinyTrainResult:
-    """Train the tiny MAIRA-2 on ``train`` (phantom studies with masks) and save it to ``out`` atomically."""
+    """Train the tiny MAIRA-2 on ``train`` (phantom studies with masks) and save it to ``out`` atomically.
+    ``progress`` gets stage ``"vision"`` then ``"reports"`` (steps, with the loss)."""
     from sae_rad_ext.adapters.tiny import tiny_maira2_config
 
     if not train:
@@ -378,7 +378,7 @@ def cached_tiny_maira2(
     *,
     val: Callable[[], Sequence[Study]] | Sequence[Study] = (),
     cache_dir: str | Path | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     retrain: bool = False,
 ) -> TinyTrainResult:
     """The trained checkpoint for ``cfg`` from the cache, training (and caching) it if absent.

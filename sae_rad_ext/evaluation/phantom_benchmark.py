@@ -12,7 +12,7 @@ answering positive, ``2p / (1 + p)`` at prevalence ``p`` (a random guesser at th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,12 +20,16 @@ import numpy as np
 import torch
 
 from sae_rad_ext.adapters.generation import generate_reports as _generate_batch
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.labels import binarize, label_report
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.evaluation.metrics import best_f1_threshold, precision_recall_f1
 from sae_rad_ext.evaluation.metrics import f1 as binary_f1
+from sae_rad_ext.protocols import ReportModel
 from sae_rad_ext.saes.matryoshka import RadMatryoshkaSAE
 from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = [
     "ReportEval",
@@ -39,10 +43,6 @@ __all__ = [
     "train_quick_topk_sae",
 ]
 
-Tick = Callable[[int], None]
-"""``tick(n)``: advance a progress bar by ``n`` studies."""
-
-
 def study_truth(studies: Sequence[Study]) -> np.ndarray:
     """``int [n_studies, n_findings]`` planted labels (``Study.labels``) in :data:`FINDINGS` order."""
     return np.array([[int(s.labels.get(k) or 0) for k in FINDINGS] for s in studies], dtype=np.int64)
@@ -51,23 +51,24 @@ def study_truth(studies: Sequence[Study]) -> np.ndarray:
 # ---- generated reports ---------------------------------------------------------------------------
 @torch.no_grad()
 def generate_reports(
-    model: Any,
-    processor: Any,
+    model: ReportModel,
+    processor: Maira2Processor,
     studies: Sequence[Study],
     *,
     batch_size: int = 32,
     max_new_tokens: int = 96,
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[str]:
     """Greedy FINDINGS reports of ``studies`` (``batch_size`` at a time, left padding, KV cache) from a HF
     MAIRA-2 model or its HookedMaira2, decoded by the end-of-report rule of
-    :func:`sae_rad_ext.adapters.generation.generate_reports`."""
+    :func:`sae_rad_ext.adapters.generation.generate_reports`. ``progress``: stage ``"generate reports"``
+    counts studies."""
     out: list[str] = []
+    tick = Ticker(progress, "generate reports", len(studies))
     for chunk in batched(studies, batch_size):
         b = processor.build(chunk, with_report=False)
         out += _generate_batch(model, processor, b, max_new_tokens=max_new_tokens).texts
-        if tick:
-            tick(len(chunk))
+        tick(len(chunk))
     return out
 
 
@@ -111,18 +112,21 @@ def evaluate_reports(texts: Sequence[str], studies: Sequence[Study]) -> ReportEv
 # ---- activations at image tokens -----------------------------------------------------------------
 @torch.no_grad()
 def image_token_activations(
-    hooked: Any,
-    processor: Any,
+    hooked: HookedMaira2,
+    processor: Maira2Processor,
     studies: Iterable[Study],
     layers: Sequence[int],
     *,
     batch_size: int = 32,
     with_report: bool = True,
     slot: str = "image:frontal",
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[int, torch.Tensor]:
     """``{layer: float [n_studies, tokens_per_image, d]}`` residual stream (``blocks.L.hook_resid_post``)
-    at each study's frontal image tokens, in patch order, from one forward pass per batch."""
+    at each study's frontal image tokens, in patch order, from one forward pass per batch.
+    ``progress``: stage ``"image-token activations"`` counts studies (total known when ``studies`` has a
+    length)."""
+    tick = Ticker(progress, "image-token activations", len(studies) if isinstance(studies, Sized) else None)
     names = [f"blocks.{L}.hook_resid_post" for L in layers]
     out: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
     chunk: list[Study] = []
@@ -142,8 +146,7 @@ def image_token_activations(
             raise ValueError(f"studies have different numbers of {slot!r} tokens; expected one frontal each")
         for L, name in zip(layers, names, strict=True):
             out[L].append(cache[name][mask].reshape(len(chunk), n_tok, -1).float())
-        if tick:
-            tick(len(chunk))
+        tick(len(chunk))
         chunk.clear()
 
     for s in studies:
@@ -261,11 +264,13 @@ def probe_layers(
     k: int = 16,
     steps: int = 400,
     seed: int = 0,
-    tick: Callable[[], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per layer: linear probe F1 on mean-pooled image tokens, and the best latent of a quick TopK SAE
-    trained on the training studies' image tokens. Keys ``"blocks.L.hook_resid_post"``."""
+    trained on the training studies' image tokens. Keys ``"blocks.L.hook_resid_post"``.
+    ``progress``: stage ``"probe layers"`` counts layers."""
     out = {}
+    tick = Ticker(progress, "probe layers", len(acts))
     for L, a in acts.items():
         pooled = a.mean(1).numpy()
         probe = probe_f1(pooled[train_idx], y[train_idx], pooled[test_idx], y[test_idx])
@@ -282,6 +287,5 @@ def probe_layers(
             "probe_f1_mean": float(np.nanmean(list(probe.values()))),
             "best_latent_f1_mean": float(np.nanmean([v["f1"] for v in lat.values()])),
         }
-        if tick:
-            tick()
+        tick(1)
     return out

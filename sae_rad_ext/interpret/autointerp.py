@@ -24,13 +24,31 @@ from sae_rad_ext.interpret.score import (
 )
 from sae_rad_ext.records import Explanation
 from sae_rad_ext.util.files import atomic_write_text, to_json
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = ["explain_and_score", "summary"]
 
 
 def explain_and_score(
-    cfg, feats, stats, S, store, fit, hold, examples, roles, hook, out, explainer, llm_client, embedder, ui
+    cfg,
+    feats,
+    stats,
+    S,
+    store,
+    fit,
+    hold,
+    examples,
+    roles,
+    hook,
+    out,
+    explainer,
+    llm_client,
+    embedder,
+    progress: ProgressCallback | None = None,
 ):
+    """Explain each feature of ``feats`` then score every explanation (see the module docstring);
+    returns ``(explanations, scores)``. ``progress``: stage ``"explain"`` then ``"score"``, each counting
+    features."""
     from sae_rad_ext.interpret.explain import EnrichmentExplainer, FeatureContext, LLMExplainer
 
     if explainer is None:
@@ -53,7 +71,7 @@ def explain_and_score(
     fit_idx, hold_idx = torch.nonzero(fit).flatten(), torch.nonzero(hold).flatten()
     fit_st = [store.studies[i] for i in fit_idx.tolist()]
     expl: dict[int, Explanation] = {}
-    tick = ui.task("explain", len(feats))
+    tick = Ticker(progress, "explain", len(feats))
     for f in feats:
         col = S[fit_idx, f]
         k = min(cfg.n_examples, int((col > 0).sum()))
@@ -82,7 +100,7 @@ def explain_and_score(
     scores: dict[int, dict[str, dict[str, float]]] = {}
     g = torch.Generator().manual_seed(cfg.seed)
     hold_st = [store.studies[i] for i in hold_idx.tolist()]
-    tick = ui.task("score", len(feats))
+    tick = Ticker(progress, "score", len(feats))
     for f in feats:
         col = S[hold_idx, f]
         k = min(cfg.n_detect, int((col > 0).sum()))

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from sae_lens import SAE
+from transformers import PreTrainedTokenizerBase
 
 from sae_rad_ext.activations.extract import activations_from_batch, default_processor
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import ImageSlot, Role
 from sae_rad_ext.data.study import Study
 from sae_rad_ext.interpret.scan import encode
 from sae_rad_ext.records import FeatureExample
 from sae_rad_ext.util.batching import batched
 from sae_rad_ext.util.files import atomic_write_bytes
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = ["collect_examples", "region_words"]
 
@@ -56,7 +61,7 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
 
-def _model_view_png(processor: Any, image: Any, path: Path, max_side: int = 224) -> None:
+def _model_view_png(processor: Maira2Processor, image: Any, path: Path, max_side: int = 224) -> None:
     """The radiograph as the model sees it (resize + centre crop), saved as a greyscale PNG."""
     from PIL import Image
 
@@ -72,36 +77,38 @@ def _model_view_png(processor: Any, image: Any, path: Path, max_side: int = 224)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
+def _token_strings(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[str]:
     toks = tokenizer.convert_ids_to_tokens(ids)
     return [str(t).replace("▁", " ").replace("Ġ", " ") if t is not None else "?" for t in toks]
 
 
 @torch.no_grad()
 def collect_examples(
-    model: Any,
-    sae: Any,
+    model: HookedMaira2,
+    sae: SAE[Any],
     studies: Iterable[Study],
     wanted: dict[str, list[tuple[int, int]]],
     hook_name: str,
     *,
     out: str | Path | None = None,
-    processor: Any = None,
+    processor: Maira2Processor | None = None,
     window: int = 12,
     batch_size: int = 4,
     heatmaps: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[tuple[int, str], FeatureExample]:
     """Examples for ``wanted = {study_id: [(feature, position), ...]}`` (``position`` = the peak's position
     in the study's own sequence, as the statistics store it; -1 → the feature's max in that study).
 
     Returns ``{(feature, study_id): FeatureExample}``; image/heatmap paths are relative to ``out``
-    (nothing is written without ``out``)."""
+    (nothing is written without ``out``). ``progress``: stage ``"examples"`` counts the wanted studies
+    found in ``studies``."""
     processor = processor if processor is not None else default_processor(model)
     tok = processor.tokenizer
     out_dir = Path(out) if out is not None else None
     grid = int(processor.grid)
     result: dict[tuple[int, str], FeatureExample] = {}
+    tick = Ticker(progress, "examples", len(wanted))
     todo = (s for s in studies if s.study_id in wanted)
     for chunk in batched(todo, batch_size):
         batch = processor.build(chunk, with_report=True)
@@ -162,6 +169,5 @@ def collect_examples(
                             render_overlay(load_display_image(out_dir / rel), pm.numpy(), out_dir / hrel)
                             ex.heatmap_png = hrel
                 result[(f, study.study_id)] = ex
-        if progress is not None:
-            progress(len(chunk))
+        tick(len(chunk))
     return result

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens import SAE
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.interpret.assemble import build_records, features_table
 from sae_rad_ext.interpret.autointerp import explain_and_score
@@ -41,6 +44,7 @@ from sae_rad_ext.interpret.score_store import ScoreStore
 from sae_rad_ext.interpret.stats import FeatureStats
 from sae_rad_ext.records import Explanation, FeatureExample, InterpretationRun
 from sae_rad_ext.util.files import write_json, write_jsonl
+from sae_rad_ext.util.progress import ProgressCallback
 
 __all__ = ["InterpretConfig", "InterpretResult", "interpret"]
 
@@ -112,7 +116,7 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _sae_fingerprint(sae: Any) -> str:
+def _sae_fingerprint(sae: SAE[Any]) -> str:
     w = sae.W_enc.detach().float()
     return _fingerprint(
         sae.cfg.to_dict() if hasattr(sae.cfg, "to_dict") else str(sae.cfg),
@@ -123,42 +127,17 @@ def _sae_fingerprint(sae: Any) -> str:
 
 
 def _iter(studies: Any) -> Iterable[Study]:
+    """A fresh pass over ``studies``; a list stays a list (its length is the scan's progress total)."""
     if callable(studies) and not hasattr(studies, "__iter__"):
         return studies()
     if hasattr(studies, "reopen"):
         return studies.reopen()
-    return iter(studies)
-
-
-class _Progress:
-    def __init__(self, enabled: bool) -> None:
-        self.p = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.p = Progress(
-                TextColumn("[bold]{task.description:<22}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                transient=False,
-            )
-            self.p.start()
-
-    def task(self, name: str, total: int | None) -> Callable[[int], None]:
-        if self.p is None:
-            return lambda n: None
-        t = self.p.add_task(name, total=total)
-        return lambda n: self.p.advance(t, n)
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
+    return studies if isinstance(studies, Sequence) else iter(studies)
 
 
 def interpret(
-    model: Any,
-    sae: Any,
+    model: HookedMaira2,
+    sae: SAE[Any],
     studies: Sequence[Study] | Callable[[], Iterable[Study]] | Any,
     out: str | Path,
     cfg: InterpretConfig | None = None,
@@ -167,8 +146,8 @@ def interpret(
     llm_client: Any = None,
     embedder: Any = None,
     studies_key: str | None = None,
-    processor: Any = None,
-    progress: bool = False,
+    processor: Maira2Processor | None = None,
+    progress: ProgressCallback | None = None,
 ) -> InterpretResult:
     """Run the pipeline on ``studies`` (a list, a zero-argument factory, or a reader with ``reopen()``;
     iterated twice: the scan and the targeted examples pass).
@@ -176,11 +155,16 @@ def interpret(
     ``studies_key`` names the study source for resumption (a list's study ids are used when omitted; a
     factory without a key always re-scans). ``explainer`` (``FeatureContext -> str | Explanation``)
     overrides ``cfg.explainer``; ``llm_client`` (:class:`~sae_rad_ext.interpret.llm_client.ChatClient`)
-    enables the ``llm`` explainer / scorer; ``embedder`` replaces MiniLM in the embedding scorer."""
+    enables the ``llm`` explainer / scorer; ``embedder`` replaces MiniLM in the embedding scorer.
+
+    ``progress`` gets the stages that run, in order: ``"scan studies"`` (studies; total known for a
+    list), ``"examples"`` (studies of the targeted pass), ``"explain"`` and ``"score"`` (features).
+    Resumed stages send nothing."""
     cfg = cfg or InterpretConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    hook = cfg.hook_name or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+    md = sae.cfg.metadata  # SAELens metadata: a missing key reads as None
+    hook = cfg.hook_name or md.hook_name
     if not hook:
         raise ValueError(
             "no hook name: the SAE's cfg.metadata has no hook_name; pass InterpretConfig(hook_name=...)"
@@ -189,119 +173,111 @@ def interpret(
         studies_key = _fingerprint([s.study_id for s in studies])
     stages_path = out / "stages.json"
     stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
-    n_total = len(studies) if isinstance(studies, Sequence) else None
-    ui = _Progress(progress)
-    try:
-        md = getattr(sae.cfg, "metadata", None)
-        scfg = cfg.scan_config(
-            hook, getattr(md, "positions", None) or getattr(md, "position_selection", None)
+    scfg = cfg.scan_config(hook, md.positions or md.position_selection)
+    fp_scan = _fingerprint(
+        SCAN_VERSION, _sae_fingerprint(sae), studies_key or f"unkeyed-{id(studies)}", asdict(scfg)
+    )
+    scan_dir = out / "scan"
+    if stages.get("scan") != fp_scan or not (scan_dir / "stats.safetensors").is_file():
+        stages.pop("examples", None)
+        acc, overlap = scan(
+            model,
+            sae,
+            _iter(studies),
+            scan_dir,
+            scfg,
+            processor=processor,
+            progress=progress,
         )
-        fp_scan = _fingerprint(
-            SCAN_VERSION, _sae_fingerprint(sae), studies_key or f"unkeyed-{id(studies)}", asdict(scfg)
-        )
-        scan_dir = out / "scan"
-        if stages.get("scan") != fp_scan or not (scan_dir / "stats.safetensors").is_file():
-            stages.pop("examples", None)
-            acc, overlap = scan(
-                model,
-                sae,
-                _iter(studies),
-                scan_dir,
-                scfg,
-                processor=processor,
-                progress=ui.task("scan studies", n_total),
-            )
-            stats = acc.result()
-            stats.save(scan_dir)
-            overlap.save(scan_dir / "overlap.safetensors")
-            stages["scan"] = fp_scan
-            write_json(stages_path, stages, default=str)
-        stats = FeatureStats.load(scan_dir)
-        overlap = MapOverlap.load(scan_dir / "overlap.safetensors")
-        store = ScoreStore(scan_dir)
-        concepts = list(cfg.concepts)
-        table = align_concepts(store, concepts, overlap=overlap)
-        table.save(out)
-        best = best_feature_per_concept(table)
-        best_by_kind = {k: best_feature_per_concept(table, k, allow_leaks=True) for k in store.kinds}
-        feats = _choose_features(stats, table, best_by_kind, cfg.max_features)
-        fit, hold = store.split_mask("fit"), store.split_mask("holdout")
-        S = store.block("stats")  # [n, d_sae] (study-level; one column per feature)
-        fit_st = [s for s, m in zip(store.studies, fit.tolist(), strict=True) if m]
-        hold_st = [s for s, m in zip(store.studies, hold.tolist(), strict=True) if m]
-        conf = {
-            f: feature_confidence(f, S[fit, f], fit_st, S[hold, f], hold_st, n=cfg.n_detect, seed=cfg.seed)
-            for f in feats
-        }
-        write_jsonl(out / "confidence.jsonl", [asdict(c) for c in conf.values()], default=str)
-        # ---- examples (second, targeted model pass) ----
-        wanted, roles = _wanted_examples(stats, S, store, feats, hold, cfg)
-        fp_ex = _fingerprint(fp_scan, sorted((k, sorted(v)) for k, v in wanted.items()), cfg.heatmaps)
-        if stages.get("examples") != fp_ex or not (out / "examples.jsonl").is_file():
-            from sae_rad_ext.interpret.feature_examples import collect_examples
+        stats = acc.result()
+        stats.save(scan_dir)
+        overlap.save(scan_dir / "overlap.safetensors")
+        stages["scan"] = fp_scan
+        write_json(stages_path, stages, default=str)
+    stats = FeatureStats.load(scan_dir)
+    overlap = MapOverlap.load(scan_dir / "overlap.safetensors")
+    store = ScoreStore(scan_dir)
+    concepts = list(cfg.concepts)
+    table = align_concepts(store, concepts, overlap=overlap)
+    table.save(out)
+    best = best_feature_per_concept(table)
+    best_by_kind = {k: best_feature_per_concept(table, k, allow_leaks=True) for k in store.kinds}
+    feats = _choose_features(stats, table, best_by_kind, cfg.max_features)
+    fit, hold = store.split_mask("fit"), store.split_mask("holdout")
+    S = store.block("stats")  # [n, d_sae] (study-level; one column per feature)
+    fit_st = [s for s, m in zip(store.studies, fit.tolist(), strict=True) if m]
+    hold_st = [s for s, m in zip(store.studies, hold.tolist(), strict=True) if m]
+    conf = {
+        f: feature_confidence(f, S[fit, f], fit_st, S[hold, f], hold_st, n=cfg.n_detect, seed=cfg.seed)
+        for f in feats
+    }
+    write_jsonl(out / "confidence.jsonl", [asdict(c) for c in conf.values()], default=str)
+    # ---- examples (second, targeted model pass) ----
+    wanted, roles = _wanted_examples(stats, S, store, feats, hold, cfg)
+    fp_ex = _fingerprint(fp_scan, sorted((k, sorted(v)) for k, v in wanted.items()), cfg.heatmaps)
+    if stages.get("examples") != fp_ex or not (out / "examples.jsonl").is_file():
+        from sae_rad_ext.interpret.feature_examples import collect_examples
 
-            ex = collect_examples(
-                model,
-                sae,
-                _iter(studies),
-                wanted,
-                hook,
-                out=out,
-                processor=processor,
-                batch_size=cfg.batch_size,
-                heatmaps=cfg.heatmaps,
-                progress=ui.task("examples", len(wanted)),
-            )
-            write_jsonl(
-                out / "examples.jsonl",
-                [{"feature": f, **asdict(e)} for (f, _), e in sorted(ex.items())],
-                default=str,
-            )
-            stages["examples"] = fp_ex
-            write_json(stages_path, stages, default=str)
-        examples: dict[tuple[int, str], FeatureExample] = {}
-        with open(out / "examples.jsonl") as fh:
-            for line in fh:
-                d = json.loads(line)
-                f = d.pop("feature")
-                examples[(f, d["study_id"])] = FeatureExample(**d)
-        # ---- explain + score ----
-        expl, scores = explain_and_score(
-            cfg,
-            feats,
-            stats,
-            S,
-            store,
-            fit,
-            hold,
-            examples,
-            roles,
+        ex = collect_examples(
+            model,
+            sae,
+            _iter(studies),
+            wanted,
             hook,
-            out,
-            explainer,
-            llm_client,
-            embedder,
-            ui,
+            out=out,
+            processor=processor,
+            batch_size=cfg.batch_size,
+            heatmaps=cfg.heatmaps,
+            progress=progress,
         )
-        run = build_records(sae, model, stats, table, conf, expl, examples, roles, feats, hook)
-        run.meta.update(
-            {
-                "hook_name": hook,
-                "positions": scfg.stats_positions,
-                "n_studies": len(store),
-                "n_tokens": stats.n_total_positions,
-                "explainer": _explainer_name(cfg, explainer),
-                "scorers": list(cfg.scorers),
-                "interpretation_config": asdict(cfg),
-            }
+        write_jsonl(
+            out / "examples.jsonl",
+            [{"feature": f, **asdict(e)} for (f, _), e in sorted(ex.items())],
+            default=str,
         )
-        run.save(out)
-        features_table(out / "features.csv", run, conf)
-        summary = summarize(best, best_by_kind, scores, expl, conf, stats)
-        write_json(out / "summary.json", summary, default=str)
-        return InterpretResult(out, run, stats, table, best, best_by_kind, conf, expl, scores)
-    finally:
-        ui.close()
+        stages["examples"] = fp_ex
+        write_json(stages_path, stages, default=str)
+    examples: dict[tuple[int, str], FeatureExample] = {}
+    with open(out / "examples.jsonl") as fh:
+        for line in fh:
+            d = json.loads(line)
+            f = d.pop("feature")
+            examples[(f, d["study_id"])] = FeatureExample(**d)
+    # ---- explain + score ----
+    expl, scores = explain_and_score(
+        cfg,
+        feats,
+        stats,
+        S,
+        store,
+        fit,
+        hold,
+        examples,
+        roles,
+        hook,
+        out,
+        explainer,
+        llm_client,
+        embedder,
+        progress,
+    )
+    run = build_records(sae, model, stats, table, conf, expl, examples, roles, feats, hook)
+    run.meta.update(
+        {
+            "hook_name": hook,
+            "positions": scfg.stats_positions,
+            "n_studies": len(store),
+            "n_tokens": stats.n_total_positions,
+            "explainer": _explainer_name(cfg, explainer),
+            "scorers": list(cfg.scorers),
+            "interpretation_config": asdict(cfg),
+        }
+    )
+    run.save(out)
+    features_table(out / "features.csv", run, conf)
+    summary = summarize(best, best_by_kind, scores, expl, conf, stats)
+    write_json(out / "summary.json", summary, default=str)
+    return InterpretResult(out, run, stats, table, best, best_by_kind, conf, expl, scores)
 
 
 def _explainer_name(cfg: InterpretConfig, explainer: Any) -> str:

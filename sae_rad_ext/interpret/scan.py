@@ -19,14 +19,15 @@ aligns with the labels without the model having seen anything — those rows are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sae_lens import SAE
 
 from sae_rad_ext.activations.extract import (
     activations_from_batch,
@@ -34,12 +35,15 @@ from sae_rad_ext.activations.extract import (
     role_group_names,
 )
 from sae_rad_ext.adapters.generation import generate_reports
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import ImageSlot, Role, Selection, TokenRoles
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.evaluation.splits import assign_split, split_unit
 from sae_rad_ext.interpret.score_store import ScoreWriter, StudyInfo
 from sae_rad_ext.interpret.stats import FeatureStatsAccumulator
 from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = ["KINDS", "LEAKS", "MapOverlap", "ScanConfig", "encode", "mask_to_grid", "scan"]
 
@@ -70,7 +74,7 @@ _PROMPT_VALUE_ROLES = (Role.INDICATION, Role.TECHNIQUE, Role.COMPARISON, Role.PR
 
 
 @torch.no_grad()
-def encode(sae: Any, acts: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def encode(sae: SAE[Any], acts: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """``sae.encode`` on ``acts [n, d_in]`` in row chunks, on the SAE's device/dtype → float32 ``[n, d_sae]``."""
     W = sae.W_enc
     if acts.shape[-1] != W.shape[0]:
@@ -222,22 +226,24 @@ def _pool(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
 
 @torch.no_grad()
 def scan(
-    model: Any,
-    sae: Any,
+    model: HookedMaira2,
+    sae: SAE[Any],
     studies: Iterable[Study],
     out: str | Path,
     cfg: ScanConfig,
     *,
-    processor: Any = None,
+    processor: Maira2Processor | None = None,
     split_fn: Callable[[Study], str] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[FeatureStatsAccumulator, MapOverlap]:
     """One pass over ``studies``: writes ``out/scores/…`` + ``out/studies.jsonl`` and returns the
     statistics accumulator and the map overlap (call ``.result()`` / ``.save`` on them).
 
     ``split_fn(study) -> "fit" | "holdout"``; default: the patient-level split of
-    :mod:`sae_rad_ext.evaluation.splits` with ``cfg.holdout_fraction`` and :data:`SPLIT_SALT`."""
+    :mod:`sae_rad_ext.evaluation.splits` with ``cfg.holdout_fraction`` and :data:`SPLIT_SALT`.
+    ``progress``: stage ``"scan studies"`` counts studies (total known when ``studies`` has a length)."""
     processor = processor if processor is not None else default_processor(model)
+    tick = Ticker(progress, "scan studies", len(studies) if isinstance(studies, Sized) else None)
     d_sae = int(sae.W_enc.shape[1])
     fractions = {"holdout": cfg.holdout_fraction, "fit": 1.0 - cfg.holdout_fraction}
     split_fn = split_fn or (lambda s: assign_split(split_unit(s), fractions, salt=SPLIT_SALT))
@@ -245,7 +251,7 @@ def scan(
     writer = ScoreWriter(out, kinds, d_sae, flush_every=cfg.flush_every)
     acc = FeatureStatsAccumulator(d_sae, top_n=cfg.top_n, reservoir=cfg.reservoir)
     overlap = MapOverlap.empty(list(cfg.concepts), d_sae)
-    grid = int(getattr(processor, "grid", 0))
+    grid = int(processor.grid)
     try:
         for chunk in batched(studies, cfg.batch_size):
             batch = processor.build(chunk, with_report=True)
@@ -321,8 +327,7 @@ def scan(
                 )
                 writer.add(info, {k: v for k, v in s.items() if v is not None})
             acc.update(codes, groups, positions, index)
-            if progress is not None:
-                progress(len(chunk))
+            tick(len(chunk))
     finally:
         writer.close()
     return acc, overlap
@@ -336,16 +341,14 @@ def _study_masks(study: Study, concepts: Iterable[str], grid: int) -> dict[str, 
     return {c: grid_mask(mask_to_grid(masks[c], grid)).flatten() for c in concepts if c in masks}
 
 
-def _generated(model: Any, processor: Any, chunk: list[Study], cfg: ScanConfig):
+def _generated(model: HookedMaira2, processor: Maira2Processor, chunk: list[Study], cfg: ScanConfig):
     """Generate each study's report, then re-run prompt + generated text; returns texts and report rows."""
     gb = processor.build(chunk, with_report=False)
     gen = generate_reports(model, processor, gb, max_new_tokens=cfg.max_new_tokens)
     texts, out = gen.texts, gen.output_ids.cpu()
     roles = processor.roles_for_generated(gb, out)
     mask = (roles.role != int(Role.PAD)).long()
-    full = SimpleNamespace(
-        input_ids=out, attention_mask=mask, pixel_values=gb.pixel_values, roles=roles, study_ids=gb.study_ids
-    )
+    full = dataclasses.replace(gb, input_ids=out, attention_mask=mask, roles=roles)  # prompt + generated
     if not bool((roles.role == int(Role.REPORT)).any()):
         return texts, None
     return texts, activations_from_batch(model, full, cfg.hook_name, "report")

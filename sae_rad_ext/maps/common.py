@@ -7,7 +7,7 @@ the projected image patches spliced in) — what the language model receives bef
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,9 +17,6 @@ import torch.nn.functional as F
 from sae_rad_ext.adapters.roles import Role
 from sae_rad_ext.data.labels import binarize, label_report
 from sae_rad_ext.data.study import FINDINGS, Study
-
-Tick = Callable[[int], None]
-"""``tick(n)``: advance a progress bar by ``n`` units."""
 
 # role groups used for mean ablation (one mean per group)
 GROUP_IMAGE, GROUP_PROMPT, GROUP_REPORT, GROUP_OTHER = 0, 1, 2, 3

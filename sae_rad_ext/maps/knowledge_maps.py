@@ -22,21 +22,23 @@ Five techniques (after "Medical Interpretability and Knowledge Maps of LLMs"), e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.evaluation.splits import holdout_mask
 from sae_rad_ext.maps.common import (
-    Tick,
     check_layers,
     layer_label,
     study_targets,
 )
 from sae_rad_ext.maps.recommend import Recommendation, recommend_layer
 from sae_rad_ext.util.files import write_json
+from sae_rad_ext.util.progress import ProgressCallback
 
 __all__ = [
     "TECHNIQUES",
@@ -48,8 +50,6 @@ __all__ = [
 ]
 
 TECHNIQUES = ("probe", "umap", "lesion", "patch", "saliency")
-ProgressFactory = Callable[[str, int], Tick]
-"""``progress(stage, total)`` returns a ``tick(n)`` for that stage (e.g. a rich progress bar)."""
 
 
 @dataclass
@@ -130,15 +130,19 @@ class KnowledgeMaps:
 
 
 def build_knowledge_maps(
-    model: Any,
+    model: HookedMaira2,
     studies: Sequence[Study],
     out: str | Path,
     cfg: MapConfig | None = None,
     *,
-    processor: Any = None,
-    progress: ProgressFactory | None = None,
+    processor: Maira2Processor | None = None,
+    progress: ProgressCallback | None = None,
 ) -> KnowledgeMaps:
-    """Compute the configured maps on ``studies`` (pairs for patching come from phantoms), write them to ``out``."""
+    """Compute the configured maps on ``studies`` (pairs for patching come from phantoms), write them to ``out``.
+
+    ``progress`` gets each technique's events, in order: ``"activations"`` (studies) and ``"probes"``
+    (pool × finding) for probe/umap, ``"patching"``, ``"lesioning"``, ``"saliency"``.
+    """
     from sae_rad_ext.activations.extract import default_processor
     from sae_rad_ext.maps import plots as map_plots
 
@@ -151,7 +155,6 @@ def build_knowledge_maps(
     proc = processor or default_processor(model)
     n = model.cfg.n_layers
     layers = check_layers(cfg.layers if cfg.layers is not None else range(-1, n), n)
-    tick = progress or (lambda stage, total: lambda k=1: None)
     targets = study_targets(studies, cfg.target_source)
     results: dict[str, Any] = {
         "targets": {
@@ -168,11 +171,11 @@ def build_knowledge_maps(
 
         t0 = time.perf_counter()
         pooled = pooled_activations(
-            model, proc, studies, layers, batch_size=cfg.batch_size, tick=tick("activations", len(studies))
+            model, proc, studies, layers, batch_size=cfg.batch_size, progress=progress
         )
         holdout = holdout_mask(studies, cfg.test_fraction, salt=str(cfg.seed))
         if "probe" in tech:
-            pc = probe_curves(pooled, targets, holdout, tick=tick("probes", len(pooled.acts) * len(FINDINGS)))
+            pc = probe_curves(pooled, targets, holdout, progress=progress)
             results["probe"] = pc.to_dict()
             files += [
                 map_plots.plot_probes(results["probe"], out / "probes_auroc.png").name,
@@ -211,7 +214,6 @@ def build_knowledge_maps(
             lateral_prob=cfg.pair_lateral_prob,
             prior_prob=cfg.pair_prior_prob,
         )
-        total = sum(len(v) for v in pairs.values()) * len(cfg.patch_roles)
         pm = patch_maps(
             model,
             proc,
@@ -219,17 +221,16 @@ def build_knowledge_maps(
             layers,
             roles=cfg.patch_roles,
             batch_size=max(1, cfg.batch_size // 2),
-            tick=tick("patching", total),
+            progress=progress,
         )
         results["patch"] = pm.to_dict()
         files.append(map_plots.plot_patching(results["patch"], out / "patching.png").name)
         seconds["patch"] = time.perf_counter() - t0
     if "lesion" in tech:
-        from sae_rad_ext.maps.lesion import lesion_configs, lesion_maps
+        from sae_rad_ext.maps.lesion import lesion_maps
 
         t0 = time.perf_counter()
         sub = studies[: cfg.lesion_studies]
-        n_cfg = 1 + len(lesion_configs(n, cfg.lesion_modes, cfg.lesion_windows))
         lr = lesion_maps(
             model,
             proc,
@@ -239,7 +240,7 @@ def build_knowledge_maps(
             windows=cfg.lesion_windows,
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
-            tick=tick("lesioning", n_cfg * len(sub)),
+            progress=progress,
         )
         results["lesion"] = lr.to_dict()
         files.append(map_plots.plot_lesion(results["lesion"], out / "lesion.png").name)
@@ -255,7 +256,7 @@ def build_knowledge_maps(
             sub,
             batch_size=max(1, cfg.batch_size // 2),
             findings=cfg.findings,
-            tick=tick("saliency", len(sub) * len(cfg.findings)),
+            progress=progress,
         )
         results["saliency"] = sal.to_dict()
         files.append(map_plots.plot_saliency(results["saliency"], out / "saliency.png").name)

@@ -26,18 +26,20 @@ import numpy as np
 import torch
 
 from sae_rad_ext.adapters.generation import generate_reports
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.evaluation.metrics import f1
 from sae_rad_ext.maps.common import (
     GROUP_NAMES,
     GROUP_REPORT,
-    Tick,
     generated_labels,
     model_inputs,
     report_loglik,
     role_groups,
 )
 from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = ["LayerMeans", "LesionResult", "lesion_configs", "lesion_hooks", "lesion_maps", "layer_means"]
 
@@ -56,9 +58,16 @@ class LayerMeans:
 
 @torch.no_grad()
 def layer_means(
-    model: Any, processor: Any, studies: Sequence[Study], *, batch_size: int = 16, tick: Tick | None = None
+    model: HookedMaira2,
+    processor: Maira2Processor,
+    studies: Sequence[Study],
+    *,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
 ) -> LayerMeans:
-    """Mean block contribution per role group over ``studies`` (prompt + teacher-forced report)."""
+    """Mean block contribution per role group over ``studies`` (prompt + teacher-forced report).
+    ``progress``: stage ``"layer means"`` counts studies."""
+    tick = Ticker(progress, "layer means", len(studies))
     n, d = model.cfg.n_layers, model.cfg.d_model
     total = torch.zeros(n, len(GROUP_NAMES), d, dtype=torch.float64)
     counts = torch.zeros(len(GROUP_NAMES), dtype=torch.long)
@@ -74,15 +83,14 @@ def layer_means(
             delta = (cache[f"blocks.{L}.hook_resid_post"] - cache[f"blocks.{L}.hook_resid_pre"]).double()
             total[L] += torch.einsum("btg,btd->gd", onehot, delta).cpu()
         counts += onehot.sum((0, 1)).long().cpu()
-        if tick:
-            tick(len(chunk))
+        tick(len(chunk))
     if int(counts.sum()) == 0:
         raise ValueError("layer_means got no studies; pass reference studies for mean ablation")
     return LayerMeans((total / counts.clamp(min=1)[None, :, None]).float(), counts)
 
 
 def lesion_hooks(
-    model: Any,
+    model: HookedMaira2,
     layers: Sequence[int],
     mode: str = "skip",
     means: LayerMeans | None = None,
@@ -108,7 +116,7 @@ def lesion_hooks(
         B, t = x.shape[:2]
         g = torch.full((B, t), GROUP_REPORT, dtype=torch.long, device=x.device)
         if groups is not None:
-            off = int(getattr(model, "position_offset", 0))
+            off = model.position_offset
             k = max(0, min(t, groups.shape[1] - off))
             g[:, :k] = groups[:, off : off + k].to(x.device)
         return g
@@ -180,7 +188,7 @@ class LesionResult:
         }
 
 
-def _max_new_tokens(processor: Any, studies: Sequence[Study]) -> int:
+def _max_new_tokens(processor: Maira2Processor, studies: Sequence[Study]) -> int:
     tok = processor.tokenizer
     n = max((len(tok(s.report, add_special_tokens=False).input_ids) for s in studies if s.report), default=64)
     return int(min(256, n + 8))
@@ -188,8 +196,8 @@ def _max_new_tokens(processor: Any, studies: Sequence[Study]) -> int:
 
 @torch.no_grad()
 def lesion_maps(
-    model: Any,
-    processor: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
     studies: Sequence[Study],
     targets: np.ndarray,
     *,
@@ -199,20 +207,23 @@ def lesion_maps(
     max_new_tokens: int | None = None,
     batch_size: int = 16,
     n_examples: int = 2,
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> LesionResult:
-    """Generate reports and score reference reports with each lesion of :func:`lesion_configs`."""
+    """Generate reports and score reference reports with each lesion of :func:`lesion_configs`.
+    ``progress``: stage ``"lesioning"`` counts studies over every lesion (the unlesioned run included),
+    after ``"layer means"`` when the mean ablation's means are computed here."""
     studies = list(studies)
     if targets.shape != (len(studies), len(FINDINGS)):
         raise ValueError(f"targets must be [{len(studies)}, {len(FINDINGS)}]; got {targets.shape}")
     if "mean" in modes and means is None:
-        means = layer_means(model, processor, studies, batch_size=batch_size)
+        means = layer_means(model, processor, studies, batch_size=batch_size, progress=progress)
     mnt = max_new_tokens or _max_new_tokens(processor, studies)
     configs = {"none": ("none", [])} | lesion_configs(model.cfg.n_layers, modes, windows)
     dev = model.cfg.device
     gen_batches = [processor.build(c, with_report=False) for c in batched(studies, batch_size)]
     tf_batches = [processor.build(c, with_report=True) for c in batched(studies, batch_size)]
     res = LesionResult({}, {}, {}, {}, {}, len(studies))
+    tick = Ticker(progress, "lesioning", len(configs) * len(studies))
     for name, (mode, layers) in configs.items():
         texts: list[str] = []
         ll, nt = 0.0, 0
@@ -228,8 +239,7 @@ def lesion_maps(
             logits = model.run_with_hooks(ids, fwd_hooks=hooks, **kw)
             s, n = report_loglik(logits, tb)
             ll, nt = ll + float(s.sum()), nt + int(n.sum())
-            if tick:
-                tick(len(gb))
+            tick(len(gb))
         pred = generated_labels(texts)
         res.configs[name] = {"mode": mode, "layers": layers}
         res.f1[name] = {k: f1(pred[:, j], targets[:, j]) for j, k in enumerate(FINDINGS)}

@@ -26,15 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.maps.common import (
-    Tick,
     check_layers,
     model_inputs,
     report_loglik,
     resid_hook,
 )
 from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = ["PATCH_ROLES", "PatchResult", "patch_hook", "patch_maps", "phantom_pairs", "preference"]
 
@@ -124,7 +126,7 @@ def preference(loglik: torch.Tensor) -> torch.Tensor:
     return loglik[1::2] - loglik[0::2]
 
 
-def _pair_batches(processor: Any, pairs: Sequence[Pair]):
+def _pair_batches(processor: Maira2Processor, pairs: Sequence[Pair]):
     absent = [s for a, _ in pairs for s in (a, a)]
     present = [s for _, p in pairs for s in (p, p)]
     reports = [r for a, p in pairs for r in (a.report, p.report)]
@@ -147,20 +149,22 @@ def _pair_batches(processor: Any, pairs: Sequence[Pair]):
 
 @torch.no_grad()
 def patch_maps(
-    model: Any,
-    processor: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
     pairs: dict[str, Sequence[Pair]],
     layers: Sequence[int],
     *,
     roles: Sequence[str] = PATCH_ROLES,
     batch_size: int = 8,
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> PatchResult:
-    """Transfer maps for every finding of ``pairs`` (``{finding: [(absent, present), …]}``)."""
+    """Transfer maps for every finding of ``pairs`` (``{finding: [(absent, present), …]}``).
+    ``progress``: stage ``"patching"`` counts (pair, role) patches."""
     layers = check_layers(layers, model.cfg.n_layers)
     names = [resid_hook(L) for L in layers]
     dev = model.cfg.device
     res = PatchResult(layers, list(roles), {}, {}, {}, {}, {}, {})
+    tick = Ticker(progress, "patching", sum(len(v) for v in pairs.values()) * len(roles))
     for finding, fpairs in pairs.items():
         if not fpairs:
             continue
@@ -191,8 +195,7 @@ def patch_maps(
                     )
                     sums["add"][r, li] += float((preference(report_loglik(out_a, ba)[0]) - d_a).sum())
                     sums["remove"][r, li] += float((d_p - preference(report_loglik(out_p, bp)[0])).sum())
-                if tick:
-                    tick(len(chunk))
+                tick(len(chunk))
         safe = den if abs(den) > 1e-9 else float("nan")
         add, rem = sums["add"] / safe, sums["remove"] / safe
         add[~has], rem[~has] = np.nan, np.nan

@@ -13,16 +13,19 @@ finding) is fitted on the training studies and scored on held-out studies (accur
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.maps.common import Tick, check_layers, model_inputs, resid_hook
+from sae_rad_ext.maps.common import check_layers, model_inputs, resid_hook
 from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = ["POOLS", "PooledActivations", "ProbeCurves", "fit_probe", "pooled_activations", "probe_curves"]
 
@@ -65,17 +68,19 @@ def _study_info(s: Study) -> dict[str, Any]:
 
 @torch.no_grad()
 def pooled_activations(
-    model: Any,
-    processor: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
     studies: Iterable[Study],
     layers: Sequence[int],
     *,
     batch_size: int = 16,
     pools: Sequence[str] = POOLS,
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> PooledActivations:
-    """Run each study (prompt + teacher-forced reference report) once and pool the residual stream."""
+    """Run each study (prompt + teacher-forced reference report) once and pool the residual stream.
+    ``progress``: stage ``"activations"`` counts studies (total known when ``studies`` has a length)."""
     layers = check_layers(layers, model.cfg.n_layers)
+    tick = Ticker(progress, "activations", len(studies) if isinstance(studies, Sized) else None)
     bad = sorted(set(pools) - set(POOLS))
     if bad:
         raise ValueError(f"unknown pool(s) {bad}; expected some of {list(POOLS)}")
@@ -107,8 +112,7 @@ def pooled_activations(
             present[p].append(has.numpy())
         ids += list(b.study_ids)
         info += [_study_info(s) for s in chunk]
-        if tick:
-            tick(len(chunk))
+        tick(len(chunk))
     if not ids:
         raise ValueError("pooled_activations got no studies; pass at least a few dozen for probes")
     return PooledActivations(
@@ -177,9 +181,10 @@ def probe_curves(
     *,
     c: float = 0.1,
     min_per_class: int = 3,
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ProbeCurves:
-    """Fit one probe per (pool, layer, finding) on non-held-out studies, score it on held-out ones."""
+    """Fit one probe per (pool, layer, finding) on non-held-out studies, score it on held-out ones.
+    ``progress``: stage ``"probes"`` counts (pool, finding) pairs."""
     n = len(pooled.study_ids)
     if targets.shape != (n, len(FINDINGS)) or holdout.shape != (n,):
         raise ValueError(
@@ -190,6 +195,7 @@ def probe_curves(
     acc: dict[str, dict[str, list[float]]] = {}
     major: dict[str, dict[str, float]] = {}
     n_train, n_test, skipped = {}, {}, {}
+    tick = Ticker(progress, "probes", len(pooled.acts) * len(FINDINGS))
     for p, a in pooled.acts.items():
         tr, te = pooled.present[p] & ~holdout, pooled.present[p] & holdout
         n_train[p], n_test[p] = int(tr.sum()), int(te.sum())
@@ -217,6 +223,5 @@ def probe_curves(
                 ]
                 acc[p][k] = [s[0] for s in scores]
                 auroc[p][k] = [s[1] for s in scores]
-            if tick:
-                tick(1)
+            tick(1)
     return ProbeCurves(list(pooled.layers), auroc, acc, major, n_train, n_test, skipped)

@@ -21,11 +21,14 @@ from typing import Any
 
 import torch
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Batch, Maira2Processor
 from sae_rad_ext.adapters.roles import Role
 from sae_rad_ext.data.labels import label_sentences
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.maps.common import Tick, model_inputs
+from sae_rad_ext.maps.common import model_inputs
 from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = ["MODULES", "SaliencyResult", "finding_token_mask", "gradient_saliency", "module_of"]
 
@@ -54,7 +57,7 @@ def module_of(param_name: str) -> tuple[int, str] | tuple[None, str]:
     return None, "other"
 
 
-def finding_token_mask(processor: Any, batch: Any, finding: str) -> torch.Tensor:
+def finding_token_mask(processor: Maira2Processor, batch: Maira2Batch, finding: str) -> torch.Tensor:
     """``bool [B, T]``: report tokens inside sentences that mention ``finding`` (labeler rules)."""
     tok = processor.tokenizer
     out = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
@@ -105,20 +108,22 @@ class SaliencyResult:
 
 
 def gradient_saliency(
-    model: Any,
-    processor: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
     studies: Sequence[Study],
     *,
     findings: Sequence[str] = FINDINGS,
     batch_size: int = 8,
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SaliencyResult:
-    """Weight-gradient saliency of each finding's report sentences (see the module docstring)."""
+    """Weight-gradient saliency of each finding's report sentences (see the module docstring).
+    ``progress``: stage ``"saliency"`` counts (study with a report, finding) pairs."""
     n = model.cfg.n_layers
     params = [(name, p) for name, p in model.model.named_parameters()]
     res = SaliencyResult(n, {}, {}, {}, {}, {})
     dev = model.cfg.device
     req = {name: p.requires_grad for name, p in params}
+    tick = Ticker(progress, "saliency", sum(1 for s in studies if s.report) * len(findings))
     try:
         for _, p in params:
             p.requires_grad_(True)
@@ -129,8 +134,7 @@ def gradient_saliency(
                 b = processor.build(chunk, with_report=True)
                 mask = finding_token_mask(processor, b, finding)
                 if not bool(mask.any()):
-                    if tick:
-                        tick(len(chunk))
+                    tick(len(chunk))
                     continue
                 ids, kw = model_inputs(b, dev)
                 logits = model(ids, **kw)
@@ -139,8 +143,7 @@ def gradient_saliency(
                 (-(logp * target).sum()).backward()
                 n_st += int(mask.any(1).sum())
                 n_tok += int(mask.sum())
-                if tick:
-                    tick(len(chunk))
+                tick(len(chunk))
             gn = {m: [0.0] * n for m in (*MODULES, "all")}
             gw = {m: [0.0] * n for m in (*MODULES, "all")}
             other: dict[str, float] = {}

@@ -20,13 +20,16 @@ Optionally (``descriptions=``) the feature-based report comparison of
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens import SAE
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.labels import binarize
 from sae_rad_ext.data.study import FINDINGS
@@ -39,17 +42,15 @@ from sae_rad_ext.steering.feature_reports import (
 )
 from sae_rad_ext.steering.steer import strength_sweep, study_feature_activations
 from sae_rad_ext.util.files import write_json
+from sae_rad_ext.util.progress import ProgressCallback, prefixed
 
 __all__ = ["FindingSteering", "SteeringBenchmark", "run_steering_benchmark", "select_features"]
 
-Tick = Callable[[int], None]
-
-
 def select_features(
-    model: Any,
-    processor: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
     studies: Sequence[Any],
-    sae: Any,
+    sae: SAE[Any],
     findings: Sequence[str] = FINDINGS,
     *,
     positions: Selection = "image",
@@ -191,9 +192,9 @@ def _choose(ev: ControlEval, max_off_target: float, min_parse_rate: float) -> fl
 
 
 def run_steering_benchmark(
-    model: Any,
-    processor: Any,
-    sae: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
+    sae: SAE[Any],
     val_studies: Sequence[Any],
     test_studies: Sequence[Any],
     *,
@@ -210,10 +211,12 @@ def run_steering_benchmark(
     min_parse_rate: float = 0.5,
     seed: int = 0,
     out: str | Path | None = None,
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SteeringBenchmark:
     """Run the per-finding benchmark (see the module docstring); ``out`` also gets one plot per finding
-    (``steering_<finding>.png``, validation sweep) and ``steering_benchmark.json``."""
+    (``steering_<finding>.png``, validation sweep) and ``steering_benchmark.json``. ``progress``: each
+    sweep's generated reports under stage ``"<finding> validation: strength sweep"`` / ``"<finding>
+    test: strength sweep"``."""
     t0 = time.perf_counter()
     val, test = list(val_studies)[:n_studies], list(test_studies)[:n_studies]
     if not val or not test:
@@ -228,21 +231,41 @@ def run_steering_benchmark(
         "batch_size": batch_size,
         "positions": positions,
         "seed": seed,
-        "tick": tick,
     }
     results: dict[str, FindingSteering] = {}
     for f in findings:
         if f not in chosen:
             continue
         feat, sel_f1 = chosen[f]
-        sw = strength_sweep(model, processor, val, sae, feat, [0.0, *coefficients], unit=unit, **gen)
+        sw = strength_sweep(
+            model,
+            processor,
+            val,
+            sae,
+            feat,
+            [0.0, *coefficients],
+            unit=unit,
+            progress=prefixed(progress, f"{f} validation"),
+            **gen,
+        )
         ev = evaluate_control(sw, f)
         if out is not None:
             ev.plot(
                 Path(out) / f"steering_{f}.png", title=f"{f}: feature {feat} (validation, {len(val)} studies)"
             )
         c = _choose(ev, max_off_target, min_parse_rate)
-        tsw = strength_sweep(model, processor, test, sae, feat, [c], unit=unit, max_act=sw.scale, **gen)
+        tsw = strength_sweep(
+            model,
+            processor,
+            test,
+            sae,
+            feat,
+            [c],
+            unit=unit,
+            max_act=sw.scale,
+            progress=prefixed(progress, f"{f} test"),
+            **gen,
+        )
         tev = evaluate_control(tsw, f, model=model, processor=processor, studies=test, batch_size=batch_size)
         fr = next(r for r in tev.rows if r.condition == "feature")
         rr = next(r for r in tev.rows if r.condition == "random")

@@ -14,16 +14,20 @@ decoding step, KV cache on); see :mod:`sae_rad_ext.steering.interventions` for w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
+from sae_lens import SAE
 
 from sae_rad_ext.adapters.generation import generate_reports
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.steering.interventions import Intervention, SaeView, intervention_hooks, sae_hook_name
 from sae_rad_ext.util.batching import batched
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = [
     "Intervention",
@@ -34,9 +38,6 @@ __all__ = [
     "strength_sweep",
     "study_feature_activations",
 ]
-
-Tick = Callable[[int], None]
-
 
 @dataclass
 class SteeredReports:
@@ -53,27 +54,47 @@ class SteeredReports:
 
 @torch.no_grad()
 def steered_generate(
-    model: Any,
-    processor: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
     studies: Sequence[Any],
-    sae: Any | None,
+    sae: SAE[Any] | None,
     interventions: Sequence[Intervention] = (),
     *,
     max_new_tokens: int = 64,
     batch_size: int = 16,
     task: str = "findings",
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
     **generate_kwargs: Any,
 ) -> SteeredReports:
     """Greedy generation with ``interventions`` active (none: the model's own reports).
 
     ``model`` is a :class:`~sae_rad_ext.adapters.HookedMaira2`; ``processor`` a ``Maira2Processor``.
     Studies are generated ``batch_size`` at a time (left padding; the role table of each batch places
-    the edits). A per-position ``value`` tensor needs the whole list in one batch.
+    the edits). A per-position ``value`` tensor needs the whole list in one batch. ``progress``: stage
+    ``"steered generation"`` counts studies.
     """
+    studies = list(studies)
+    tick = Ticker(progress, "steered generation", len(studies))
+    return _steered_generate(
+        model, processor, studies, sae, interventions, max_new_tokens, batch_size, task, tick, generate_kwargs
+    )
+
+
+def _steered_generate(
+    model: HookedMaira2,
+    processor: Maira2Processor,
+    studies: list[Any],
+    sae: SAE[Any] | None,
+    interventions: Sequence[Intervention],
+    max_new_tokens: int,
+    batch_size: int,
+    task: str,
+    tick: Ticker,
+    generate_kwargs: dict[str, Any],
+) -> SteeredReports:
+    """:func:`steered_generate` counting finished studies on ``tick`` (shared by a whole sweep)."""
     import time
 
-    studies = list(studies)
     if not studies:
         raise ValueError("steered_generate needs at least one study")
     if (
@@ -102,14 +123,13 @@ def steered_generate(
         secs += time.perf_counter() - t0
         ids_out += gen.token_ids
         reports += gen.texts
-        if tick:
-            tick(len(chunk))
+        tick(len(chunk))
     return SteeredReports(
         [str(getattr(s, "study_id", i)) for i, s in enumerate(studies)], reports, ids_out, secs
     )
 
 
-def random_direction(sae: Any, feature: int, seed: int = 0) -> torch.Tensor:
+def random_direction(sae: SAE[Any], feature: int, seed: int = 0) -> torch.Tensor:
     """A random Gaussian direction with exactly the norm of ``W_dec[feature]`` (the equal-norm control)."""
     W = sae.W_dec.detach()
     if not 0 <= int(feature) < W.shape[0]:
@@ -121,10 +141,10 @@ def random_direction(sae: Any, feature: int, seed: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def study_feature_activations(
-    model: Any,
-    processor: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
     studies: Sequence[Any],
-    sae: Any,
+    sae: SAE[Any],
     features: Sequence[int],
     *,
     positions: Selection = "image",
@@ -133,14 +153,14 @@ def study_feature_activations(
     pool: Literal["max", "mean"] = "max",
     batch_size: int = 16,
     hook_name: str | None = None,
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> torch.Tensor:
     """``float [n_studies, F]``: each feature's activation pooled over a study's selected positions.
 
     Only the chosen features are encoded (``O(N·d·|F|)``). ``positions`` default ``"image"`` (what the
     model sees, nothing from any report); ``with_report`` / ``reports`` teacher-force a report after the
     prompt (e.g. the model's own generated one, for ``positions="report"``). Studies without a selected
-    position get 0.
+    position get 0. ``progress``: stage ``"feature activations"`` counts studies.
     """
     hook = hook_name or sae_hook_name(sae)
     fid = torch.as_tensor(list(features), dtype=torch.long)
@@ -150,6 +170,7 @@ def study_feature_activations(
     layer = _stop_layer(hook)
     rows = []
     studies = list(studies)
+    tick = Ticker(progress, "feature activations", len(studies))
     for i, chunk in enumerate(batched(studies, batch_size)):
         rep = None if reports is None else list(reports[i * batch_size : i * batch_size + len(chunk)])
         batch = processor.build(list(chunk), with_report=with_report or rep is not None, reports=rep)
@@ -168,8 +189,7 @@ def study_feature_activations(
         else:
             pooled = (f * m).sum(1) / m.sum(1).clamp(min=1)
         rows.append(pooled.float().cpu())
-        if tick:
-            tick(len(chunk))
+        tick(len(chunk))
     return torch.cat(rows)
 
 
@@ -208,10 +228,10 @@ class SweepResult:
 
 @torch.no_grad()
 def strength_sweep(
-    model: Any,
-    processor: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
     studies: Sequence[Any],
-    sae: Any,
+    sae: SAE[Any],
     feature: int,
     coefficients: Sequence[float],
     *,
@@ -225,7 +245,7 @@ def strength_sweep(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     calibration_positions: Selection = "all",
-    tick: Tick | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SweepResult:
     """Generate reports for ``studies`` with ``feature`` steered at each coefficient.
 
@@ -233,7 +253,8 @@ def strength_sweep(
     multiplies coefficients by the feature's typical max activation — ``max_act`` if given, else the
     median over ``studies`` of its per-study max over ``calibration_positions`` (falls back to 1 when the
     feature never fires there). The random control (``"add"`` only) uses :func:`random_direction` with
-    the same coefficients.
+    the same coefficients. ``progress``: stage ``"strength sweep"`` counts generated reports over every
+    generation of the sweep (baseline, each coefficient, each random control; ``done`` reaches ``total``).
     """
     import time
 
@@ -258,12 +279,21 @@ def strength_sweep(
             fired = acts[acts > 0]
             max_act = float(fired.median()) if fired.numel() else 1.0
         scale = float(max_act)
-    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "tick": tick}
-    base = steered_generate(model, processor, studies, sae, [], **gen)
+    absolute = [float(c) * scale for c in coefficients]
+    steered = sum(not (kind == "add" and a == 0.0) for a in absolute)
+    randoms = sum(a != 0.0 for a in absolute) if random_control and kind == "add" else 0
+    tick = Ticker(progress, "strength sweep", (1 + steered + randoms) * len(studies))
+
+    def generate(interventions: list[Intervention]) -> SteeredReports:
+        return _steered_generate(
+            model, processor, studies, sae, interventions, max_new_tokens, batch_size, "findings", tick, {}
+        )
+
+    base = generate([])
     res = SweepResult(
         int(feature),
         [float(c) for c in coefficients],
-        [float(c) * scale for c in coefficients],
+        absolute,
         unit,
         scale,
         kind,
@@ -279,14 +309,12 @@ def strength_sweep(
         if kind == "add" and a == 0.0:
             res.reports[c] = list(base.reports)  # adding 0 × direction is the identity (tested)
         else:
-            res.reports[c] = steered_generate(
-                model, processor, studies, sae, [replace(proto, value=a)], **gen
-            ).reports
+            res.reports[c] = generate([replace(proto, value=a)]).reports
         if random_control and kind == "add":
             if a == 0.0:
                 res.random_reports[c] = list(base.reports)
             else:
                 iv = replace(proto, value=a, direction=rnd)
-                res.random_reports[c] = steered_generate(model, processor, studies, sae, [iv], **gen).reports
+                res.random_reports[c] = generate([iv]).reports
     res.seconds = time.perf_counter() - t0
     return res

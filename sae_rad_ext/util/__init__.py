@@ -15,7 +15,14 @@ from sae_rad_ext.util.files import (
     write_json,
     write_jsonl,
 )
-from sae_rad_ext.util.progress import ProgressCallback, ProgressEvent, RichProgress, Ticker, sae_lens_tqdm
+from sae_rad_ext.util.progress import (
+    ProgressCallback,
+    ProgressEvent,
+    RichProgress,
+    Ticker,
+    prefixed,
+    sae_lens_tqdm,
+)
 
 __all__ = [
     "ProgressCallback",
@@ -28,6 +35,7 @@ __all__ = [
     "atomic_write_text",
     "batched",
     "json_safe",
+    "prefixed",
     "sae_lens_tqdm",
     "to_json",
     "write_json",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ProgressCallback", "ProgressEvent", "RichProgress", "Ticker", "sae_lens_tqdm"]
+__all__ = ["ProgressCallback", "ProgressEvent", "RichProgress", "Ticker", "prefixed", "sae_lens_tqdm"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,23 @@ class Ticker:
         self.done += int(n)
         if self.progress is not None:
             self.progress(ProgressEvent(self.stage, self.done, self.total, metrics))
+
+
+class _Prefixed:
+    def __init__(self, progress: ProgressCallback, prefix: str) -> None:
+        self.progress, self.prefix = progress, prefix
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self.progress(ProgressEvent(f"{self.prefix}: {event.stage}", event.done, event.total, event.metrics))
+
+
+def prefixed(progress: ProgressCallback | None, prefix: str) -> ProgressCallback | None:
+    """``progress`` with every event's stage renamed ``"<prefix>: <stage>"`` (``None`` stays ``None``).
+
+    A caller that hands one display to several library functions uses it to keep their stages apart
+    (``prefixed(bar, "knowledge map")`` shows ``knowledge map: probes``).
+    """
+    return None if progress is None else _Prefixed(progress, prefix)
 
 
 class RichProgress:

@@ -29,6 +29,7 @@ from PIL import Image
 
 from sae_rad_ext.data.phantom.generator import MASK_KEYS, make_study
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 META_COLS = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
              "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
@@ -126,9 +127,19 @@ def mimic_report(s: Study, *, prior: bool = False) -> str:
             f" FINDINGS:\n \n {s.findings}\n \n IMPRESSION:\n \n {s.impression}\n")
 
 
+class _UnhashedTicker(Ticker):
+    """A :class:`Ticker` that pickles as an empty one: ``datasets`` fingerprints the row generator by
+    pickling its closure, and the display behind a callback (locks, a console) does not pickle."""
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"progress": None, "stage": self.stage, "total": self.total, "done": 0}
+
+
 def write_phantom_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, *, workers: int = 1,
-                          overwrite: bool = False, jpeg_quality: int = 92, progress=None, **kw) -> Path:
-    """Generate ``n`` studies and write both layouts atomically; returns ``out_dir``."""
+                          overwrite: bool = False, jpeg_quality: int = 92,
+                          progress: ProgressCallback | None = None, **kw) -> Path:
+    """Generate ``n`` studies and write both layouts atomically; returns ``out_dir``.
+    ``progress``: stage ``"phantom studies"`` counts studies written (``done`` reaches ``n``)."""
     from datasets import Dataset, Features, Value
 
     out = Path(out_dir)
@@ -149,6 +160,8 @@ def write_phantom_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, *, 
             "masks_frontal": Value("binary"), "masks_lateral": Value("binary"),
             "masks_prior_frontal": Value("binary"), "metadata": Value("string"),
         })
+
+        tick = _UnhashedTicker(progress, "phantom studies", n)
 
         def rows():
             for s in iter_studies(n, seed, workers=workers, **kw):
@@ -172,8 +185,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, *, 
                                           "Erect"])
                         split_rows.append([did, sid, subj, s.metadata["split"]])
                 chex_rows.append([subj, st_id] + [s.labels[k] for k in (*FINDINGS, "no_finding")])
-                if progress is not None:
-                    progress(1)
+                tick(1)
                 yield _row(s)
 
         ds = Dataset.from_generator(rows, features=feats, cache_dir=str(tmp / ".cache"))
