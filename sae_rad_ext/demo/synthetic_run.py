@@ -8,7 +8,7 @@ radiograph that ``pydicom-data`` ships (``RG1_UNCR.dcm``) when installed, else a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from sae_rad_ext.records import (
     QuantileGroup,
     records_from_sae,
 )
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from sae_rad_ext.protocols import Unembedding
 
 CONCEPTS = ["pleural_effusion", "cardiomegaly", "pacemaker", "pneumothorax", "lung_opacity", "support_lines_tubes"]
 PHRASES = {
@@ -88,7 +93,9 @@ def _steering_plot(path: Path, concept: str) -> None:
     plt.close(fig)
 
 
-def demo_run(sae: Any, out_dir: str | Path, model: Any = None, n_features: int = 12, seed: int = 0) -> InterpretationRun:
+def demo_run(
+    sae: SAE[Any], out_dir: str | Path, model: Unembedding | None = None, n_features: int = 12, seed: int = 0
+) -> InterpretationRun:
     """Weights-only records of ``sae`` (first ``n_features`` latents) filled with synthetic statistics,
     image/text examples, explanations and concept scores; saved to ``out_dir`` and returned."""
     rng = np.random.default_rng(seed)
