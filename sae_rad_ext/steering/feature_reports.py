@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens import SAE
 
+from sae_rad_ext.adapters.hooked import HookedMaira2
+from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.adapters.roles import Selection
 from sae_rad_ext.data.labels import binarize, label_report
 from sae_rad_ext.data.study import FINDINGS
@@ -190,9 +193,9 @@ def _report_f1(texts: Sequence[str], truth: Sequence[Mapping[str, int | None]]) 
 
 
 def feature_report_benchmark(
-    model: Any,
-    processor: Any,
-    sae: Any,
+    model: HookedMaira2,
+    processor: Maira2Processor,
+    sae: SAE[Any],
     descriptions: Mapping[int, Any],
     val_studies: Sequence[Any],
     test_studies: Sequence[Any],
