@@ -27,8 +27,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +42,7 @@ from sae_rad_ext.adapters.loading import save_maira2_original
 from sae_rad_ext.adapters.maira2 import Maira2ForConditionalGeneration
 from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.util.files import atomic_dir
 from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 __all__ = [
@@ -359,16 +358,9 @@ def train_tiny_maira2(
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_maira2_original(model, tmp, tokenizer=tok)
         (tmp / "training.json").write_text(json.dumps(info, indent=1, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TinyTrainResult(out, True, time.perf_counter() - t0, info)
 
 

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import IO, Any
 import numpy as np
 
 __all__ = [
+    "atomic_dir",
     "atomic_open",
     "atomic_write",
     "atomic_write_bytes",
@@ -131,3 +133,24 @@ def save_figure(fig: Any, path: str | Path, *, dpi: float | None = None, tight_l
     fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi if dpi is not None else "figure")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Fill a folder so that ``path`` holds either its old content or the complete new one.
+
+    Yields a fresh temporary folder beside ``path`` (``.<name>.tmp-<random>``). On a normal exit an
+    existing ``path`` is removed and the temporary folder is renamed onto it; when the block raises, the
+    temporary folder is removed and ``path`` is left untouched. Parent folders are created.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

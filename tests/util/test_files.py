@@ -76,3 +76,23 @@ def test_save_figure_writes_a_png(tmp_path):
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["f.png"]
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from sae_rad_ext.util.files import atomic_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    with atomic_dir(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".run.tmp-")
+        (tmp / "new.txt").write_text("complete")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert (out / "new.txt").read_text() == "complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

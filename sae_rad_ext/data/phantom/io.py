@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,6 +28,7 @@ from PIL import Image
 
 from sae_rad_ext.data.phantom.generator import MASK_KEYS, make_study
 from sae_rad_ext.data.study import FINDINGS, Study
+from sae_rad_ext.util.files import atomic_dir
 from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
 META_COLS = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
@@ -146,8 +146,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, *, 
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass overwrite=True)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         mimic = tmp / "mimic"
         (mimic / "files").mkdir(parents=True)
         meta_rows, split_rows, chex_rows = [], [], []
@@ -201,12 +200,6 @@ def write_phantom_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, *, 
                 w.writerows(body)
         (tmp / "phantom.json").write_text(json.dumps({"seed": seed, "n": n, "options": kw,
                                                       "mask_keys": list(MASK_KEYS)}, indent=1, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
