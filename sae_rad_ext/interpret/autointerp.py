@@ -9,8 +9,10 @@ and the same scorer given a shuffled (another feature's) explanation; it writes 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,30 +24,38 @@ from sae_rad_ext.interpret.score import (
     fuzzing_score,
     shuffled,
 )
-from sae_rad_ext.records import Explanation
+from sae_rad_ext.records import Explanation, FeatureExample
 from sae_rad_ext.util.files import atomic_write_text, to_json
 from sae_rad_ext.util.progress import ProgressCallback, Ticker
+
+if TYPE_CHECKING:  # run.py imports this module
+    from sae_rad_ext.interpret.concepts import AlignmentRow
+    from sae_rad_ext.interpret.confidence import Confidence
+    from sae_rad_ext.interpret.llm_client import ChatClient
+    from sae_rad_ext.interpret.run import InterpretConfig
+    from sae_rad_ext.interpret.score_store import ScoreStore
+    from sae_rad_ext.interpret.stats import FeatureStats
 
 __all__ = ["explain_and_score", "summary"]
 
 
 def explain_and_score(
-    cfg,
-    feats,
-    stats,
-    S,
-    store,
-    fit,
-    hold,
-    examples,
-    roles,
-    hook,
-    out,
-    explainer,
-    llm_client,
-    embedder,
+    cfg: InterpretConfig,
+    feats: list[int],
+    stats: FeatureStats,
+    S: torch.Tensor,  # [n_studies, d_sae] study-level scores
+    store: ScoreStore,
+    fit: torch.Tensor,  # [n_studies] bool
+    hold: torch.Tensor,  # [n_studies] bool
+    examples: dict[tuple[int, str], FeatureExample],
+    roles: dict[int, dict[str, list[str]]],
+    hook: str,
+    out: Path,
+    explainer: Callable[..., Any] | None,
+    llm_client: ChatClient | None,
+    embedder: Callable[[list[str]], torch.Tensor] | None,
     progress: ProgressCallback | None = None,
-):
+) -> tuple[dict[int, Explanation], dict[int, dict[str, dict[str, float]]]]:
     """Explain each feature of ``feats`` then score every explanation (see the module docstring);
     returns ``(explanations, scores)``. ``progress``: stage ``"explain"`` then ``"score"``, each counting
     features."""
@@ -139,7 +149,17 @@ def explain_and_score(
     return expl, scores
 
 
-def summary(best, best_by_kind, scores, expl, conf, stats) -> dict[str, Any]:
+def summary(
+    best: dict[str, AlignmentRow],
+    best_by_kind: dict[str, dict[str, AlignmentRow]],
+    scores: dict[int, dict[str, dict[str, float]]],
+    expl: dict[int, Explanation],
+    conf: dict[int, Confidence],
+    stats: FeatureStats,
+) -> dict[str, Any]:
+    """The interpretation run's ``summary.json`` body: best feature per concept (overall and per position
+    kind), mean detection/fuzzing scores per scorer, and counts of explained, interpretable, dead and dense
+    features."""
     def mean(key: str, metric: str) -> float | None:
         v = [
             s[key][metric]
