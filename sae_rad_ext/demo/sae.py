@@ -86,6 +86,7 @@ def train_demo_sae(
     if out.exists():
         shutil.rmtree(out)
     rc = demo_runner_config(cfg, hooked.cfg.d_model, layer, out)
+    torch.manual_seed(cfg.seed)  # the runner initialises the SAE: seed before, not after
     runner = make_runner(
         rc,
         hooked,
@@ -102,7 +103,6 @@ def train_demo_sae(
             progress(ProgressEvent(stage, e.done, cfg.sae_training_tokens))
 
     runner.activations_store.on_progress = on_progress
-    torch.manual_seed(cfg.seed)
     with sae_lens_tqdm(None):  # SAELens's own bars draw nothing; the store's events above show progress
         runner.run()
     return out
