@@ -22,6 +22,7 @@ _LAZY = {
     "ControlRow": "sae_rad_ext.steering.evaluate",
     "evaluate_control": "sae_rad_ext.steering.evaluate",
     "FindingSteering": "sae_rad_ext.steering.benchmark",
+    "SelectedFeature": "sae_rad_ext.steering.benchmark",
     "SteeringBenchmark": "sae_rad_ext.steering.benchmark",
     "run_steering_benchmark": "sae_rad_ext.steering.benchmark",
     "select_features": "sae_rad_ext.steering.benchmark",

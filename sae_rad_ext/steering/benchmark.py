@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from sae_lens import SAE
@@ -44,7 +44,16 @@ from sae_rad_ext.steering.steer import strength_sweep, study_feature_activations
 from sae_rad_ext.util.files import write_json
 from sae_rad_ext.util.progress import ProgressCallback, prefixed
 
-__all__ = ["FindingSteering", "SteeringBenchmark", "run_steering_benchmark", "select_features"]
+__all__ = ["FindingSteering", "SelectedFeature", "SteeringBenchmark", "run_steering_benchmark", "select_features"]
+
+class SelectedFeature(NamedTuple):
+    """The feature :func:`select_features` picked for one finding."""
+
+    feature: int
+    """SAE latent index."""
+    f1: float
+    """Study-level F1 of the latent's per-study max at its best threshold, on the selection studies."""
+
 
 def select_features(
     model: HookedMaira2,
@@ -56,8 +65,8 @@ def select_features(
     positions: Selection = "image",
     with_report: bool = False,
     batch_size: int = 16,
-) -> dict[str, tuple[int, float]]:
-    """``{finding: (feature, F1)}``: the latent whose per-study max over ``positions`` best predicts the
+) -> dict[str, SelectedFeature]:
+    """``{finding: SelectedFeature(feature, f1)}``: the latent whose per-study max over ``positions`` best predicts the
     finding (F1 at its best threshold on these studies). Use validation studies, report elsewhere.
 
     ``positions="report", with_report=True`` picks the feature that fires where the reference report is
@@ -75,18 +84,18 @@ def select_features(
     )
     truth = [binarize(t) for t in study_truth_labels(studies)]
     alive = (acts > 0).any(0).nonzero()[:, 0].tolist()
-    out: dict[str, tuple[int, float]] = {}
+    out: dict[str, SelectedFeature] = {}
     for f in findings:
         y = torch.tensor([t.get(f, 0) == 1 for t in truth])
         if not bool(y.any()):
             continue
         if not alive:
-            out[f] = (0, 0.0)
+            out[f] = SelectedFeature(0, 0.0)
             continue
         _, f1s = best_f1_threshold(acts[:, alive], y, floor=0.0)
         # on equal F1 the highest feature id wins (as a max over (F1, id) pairs)
         j = len(alive) - 1 - int(f1s.flip(0).argmax())
-        out[f] = (int(alive[j]), float(f1s[j]))
+        out[f] = SelectedFeature(int(alive[j]), float(f1s[j]))
     return out
 
 

@@ -205,6 +205,7 @@ def test_benchmark_mechanics(setup, tmp_path):
     picked = select_features(model, proc, studies, sae, names)
     assert set(picked) == {f for f in names if any(s.labels.get(f) == 1 for s in studies)} != set()
     assert all(0 <= feat < sae.cfg.d_sae and 0.0 < f1 <= 1.0 for feat, f1 in picked.values())
+    assert all(p.feature == p[0] and p.f1 == p[1] for p in picked.values())  # SelectedFeature fields
     bench = run_steering_benchmark(
         model,
         proc,
