@@ -82,7 +82,7 @@ def map_command(
     device: str = typer.Option("cpu", "--device"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Map where findings live in the model (issue 9) and recommend a layer for an SAE."""
+    """Map where findings live in the model and recommend a layer for an SAE."""
     import torch
     from rich.console import Console
 

@@ -109,12 +109,6 @@ def report_loglik(logits: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch
     return logp.sum(1), keep.sum(1)
 
 
-def model_inputs(batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``(input_ids, {"pixel_values", "attention_mask"})`` of a ``Maira2Batch`` on ``device``; call
-    ``model.run_with_cache(ids, **kwargs)`` (HookedMaira2's first argument is positional)."""
-    return batch.to(device).model_args()
-
-
 def generated_labels(texts: Sequence[str]) -> np.ndarray:
     """``int [n, n_findings]`` labeler output (uncertain → positive) for generated reports."""
     return np.asarray(

@@ -34,7 +34,6 @@ from sae_rad_ext.maps.common import (
     GROUP_NAMES,
     GROUP_REPORT,
     generated_labels,
-    model_inputs,
     report_loglik,
     role_groups,
 )
@@ -74,7 +73,7 @@ def layer_means(
     names = [f"blocks.{L}.hook_resid_{w}" for L in range(n) for w in ("pre", "post")]
     for chunk in batched(studies, batch_size):
         b = processor.build(chunk, with_report=all(s.report for s in chunk))
-        ids, kw = model_inputs(b, model.cfg.device)
+        ids, kw = b.to(model.cfg.device).model_args()
         _, cache = model.run_with_cache(ids, names_filter=names, **kw)
         g = role_groups(b.roles.role).to(model.cfg.device)
         g = torch.where(b.attention_mask.to(g.device).bool(), g, torch.full_like(g, -1))  # padding: nowhere
@@ -235,7 +234,7 @@ def lesion_maps(
             hooks = (
                 [] if mode == "none" else lesion_hooks(model, layers, mode, means, role_groups(tb.roles.role))
             )
-            ids, kw = model_inputs(tb, dev)
+            ids, kw = tb.to(dev).model_args()
             logits = model.run_with_hooks(ids, fwd_hooks=hooks, **kw)
             s, n = report_loglik(logits, tb)
             ll, nt = ll + float(s.sum()), nt + int(n.sum())

@@ -31,7 +31,6 @@ from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
 from sae_rad_ext.maps.common import (
     check_layers,
-    model_inputs,
     report_loglik,
     resid_hook,
 )
@@ -174,8 +173,8 @@ def patch_maps(
         clean_effects: list[float] = []
         for chunk in batched(list(fpairs), batch_size):
             ba, bp = _pair_batches(processor, chunk)
-            ids_a, kw_a = model_inputs(ba, dev)
-            ids_p, kw_p = model_inputs(bp, dev)
+            ids_a, kw_a = ba.to(dev).model_args()
+            ids_p, kw_p = bp.to(dev).model_args()
             logit_a, cache_a = model.run_with_cache(ids_a, names_filter=names, **kw_a)
             logit_p, cache_p = model.run_with_cache(ids_p, names_filter=names, **kw_p)
             d_a, d_p = preference(report_loglik(logit_a, ba)[0]), preference(report_loglik(logit_p, bp)[0])

@@ -23,7 +23,7 @@ import torch
 from sae_rad_ext.adapters.hooked import HookedMaira2
 from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.maps.common import check_layers, model_inputs, resid_hook
+from sae_rad_ext.maps.common import check_layers, resid_hook
 from sae_rad_ext.util.batching import batched
 from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
@@ -94,7 +94,7 @@ def pooled_activations(
     for chunk in batched(studies, batch_size):
         with_report = all(s.report for s in chunk)
         b = processor.build(chunk, with_report=with_report)
-        input_ids, kw = model_inputs(b, dev)
+        input_ids, kw = b.to(dev).model_args()
         _, cache = model.run_with_cache(input_ids, names_filter=names, stop_at_layer=stop, **kw)
         h = torch.stack([cache[n].float() for n in names])  # [n_layers, B, T, d]
         roles = b.roles.to(h.device)

@@ -26,7 +26,6 @@ from sae_rad_ext.adapters.prompts import Maira2Batch, Maira2Processor
 from sae_rad_ext.adapters.roles import Role
 from sae_rad_ext.data.labels import label_sentences
 from sae_rad_ext.data.study import FINDINGS, Study
-from sae_rad_ext.maps.common import model_inputs
 from sae_rad_ext.util.batching import batched
 from sae_rad_ext.util.progress import ProgressCallback, Ticker
 
@@ -136,7 +135,7 @@ def gradient_saliency(
                 if not bool(mask.any()):
                     tick(len(chunk))
                     continue
-                ids, kw = model_inputs(b, dev)
+                ids, kw = b.to(dev).model_args()
                 logits = model(ids, **kw)
                 logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
                 target = mask[:, 1:].to(dev)  # token t+1 predicted at position t

@@ -28,7 +28,7 @@ from sae_rad_ext.adapters.prompts import Maira2Processor
 from sae_rad_ext.data.labels import binarize, label_report, split_sentences
 from sae_rad_ext.data.study import FINDINGS
 from sae_rad_ext.steering.steer import SweepResult
-from sae_rad_ext.util.files import atomic_write, atomic_write_bytes, atomic_write_text, write_json
+from sae_rad_ext.util.files import atomic_write_bytes, atomic_write_text, write_json
 
 __all__ = ["ControlEval", "ControlRow", "evaluate_control", "report_parses", "report_token_loss"]
 
@@ -211,7 +211,6 @@ class ControlEval:
         return atomic_write_bytes(Path(path), buf.getvalue())
 
 
-_atomic_write = atomic_write  # cli/steer.py still imports this name; it can use util.files.atomic_write
 
 
 def _labels(texts: Sequence[str], labeler: Labeler, keys: Sequence[str]) -> list[dict[str, int]]:

@@ -51,8 +51,7 @@ OPTIMIZERS = ("fused_adam", "stock")
 def use_fused_adam(trainer: Any) -> bool:
     """Give a SAELens ``SAETrainer`` the same Adam with ``fused=True``: one pass per tensor and no
     temporaries, instead of the default single-tensor loop's ~7 full-size passes and 3 fresh allocations
-    per parameter (at d_in=4096, d_sae=16384 on a 2-core CPU, clip + Adam step went 1.0 s → 0.16 s;
-    ``benchmarks/bench_training.py``). Same update rule, same hyper-parameters: the state (moments,
+    per parameter (measured in ``benchmarks/bench_training.py``, docs/benchmarks.md). Same update rule, same hyper-parameters: the state (moments,
     ``step``, ``lr``) and the LR scheduler's state are carried over, so it can be called after
     ``load_trainer_state`` (resume) and checkpoints stay loadable by the stock trainer.
 
@@ -271,8 +270,8 @@ def make_runner(
     nominal positions per study for buffer sizing, ``normalize_activations`` on the SAE config, logging,
     checkpoints, ``resume_from_checkpoint``, ``use_cached_activations`` …). ``cfg.dataset_path`` is not
     read. ``model_name`` (default: ``model.cfg.model_name``) names the model in the SAE's metadata.
-    ``optimizer="fused_adam"`` (default) runs SAELens's Adam with ``fused=True`` (same update, ~6× less
-    optimizer time on CPU, :func:`use_fused_adam`); ``"stock"`` keeps the trainer's own Adam.
+    ``optimizer="fused_adam"`` (default) runs SAELens's Adam with ``fused=True`` (same update, fewer passes over the
+    weights, :func:`use_fused_adam`); ``"stock"`` keeps the trainer's own Adam.
     """
     name = model_name or (model.cfg.model_name if isinstance(model, HookedMaira2) else None)
     if name and cfg.model_name == LanguageModelSAERunnerConfig.model_name:

@@ -11,7 +11,7 @@ from sae_rad_ext.adapters import HookedMaira2, Maira2Processor
 
 from sae_rad_ext.data.phantom.generator import generate_studies, make_study_pair
 from sae_rad_ext.data.study import FINDINGS
-from sae_rad_ext.maps.common import model_inputs, report_loglik, resid_hook, study_targets
+from sae_rad_ext.maps.common import report_loglik, resid_hook, study_targets
 from sae_rad_ext.maps.knowledge_maps import recommend_layer
 from sae_rad_ext.maps.lesion import lesion_configs, lesion_hooks, lesion_maps
 from sae_rad_ext.maps.patching import patch_hook, patch_maps, phantom_pairs
@@ -52,7 +52,7 @@ def test_make_study_pair_differs_in_one_finding_only():
 def test_patching_with_own_activations_changes_nothing(tiny, studies):
     model, proc = tiny
     b = proc.build(studies[:2])
-    ids, kw = model_inputs(b, model.cfg.device)
+    ids, kw = b.to(model.cfg.device).model_args()
     names = [resid_hook(L) for L in (-1, 0, 1)]
     with torch.no_grad():
         clean, cache = model.run_with_cache(ids, names_filter=names, **kw)
@@ -87,7 +87,7 @@ def test_lesioning_an_identity_layer_changes_nothing(studies):
     proc = Maira2Processor.from_model_config(model.model.config, model.tokenizer)
     _identity_layer(model, 1)
     b = proc.build(studies[:2])
-    ids, kw = model_inputs(b, model.cfg.device)
+    ids, kw = b.to(model.cfg.device).model_args()
     with torch.no_grad():
         clean = model(ids, **kw)
         for mode in ("skip",):
@@ -168,7 +168,7 @@ def test_finding_token_mask_selects_the_finding_sentence(tiny):
 def test_report_loglik_counts_report_tokens(tiny, studies):
     model, proc = tiny
     b = proc.build(studies[:2])
-    ids, kw = model_inputs(b, model.cfg.device)
+    ids, kw = b.to(model.cfg.device).model_args()
     with torch.no_grad():
         s, n = report_loglik(model(ids, **kw), b)
     assert torch.equal(n, (b.labels[:, 1:] != -100).sum(1)) and bool((s < 0).all())
